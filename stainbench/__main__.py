@@ -1,0 +1,3 @@
+from stainbench.cli.main import run
+
+run()

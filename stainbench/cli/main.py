@@ -1,0 +1,122 @@
+"""Entry point of the ``stainbench`` command.
+
+Library errors (:class:`~stainbench.errors.StainbenchError`) and usage errors become one red
+line on stderr and a non-zero exit code (1 for errors, 2 for usage). ``--debug`` (or
+``STAINBENCH_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from stainbench import __version__
+from stainbench.errors import StainbenchError
+from stainbench.log import err_console, setup_logging
+
+#: Stage modules in pipeline order. Each ``stainbench.cli.<module>`` defines
+#: ``register(app: typer.Typer) -> None``; a stage whose module does not exist yet is absent
+#: from ``--help`` rather than shown as a stub.
+STAGES: tuple[str, ...] = ("data", "train", "export", "serve", "compare", "loadtest")
+
+HELP = """Virtual stain transfer for histopathology: ingest tiles and volumes into zarr, train
+UNet / Pix2Pix / CycleGAN, export them into a Triton model repository, serve them with the
+real Triton server, and compare their quality and latency side by side.
+
+The pipeline, one command per arrow:
+
+  images ─data ingest─▶ STORE.zarr ─train─▶ runs/NAME/*.pt ─export─▶ model_repository/
+  model_repository ─serve─▶ tritonserver ◀─compare / loadtest─ validation tiles
+"""
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"stainbench {__version__}")
+        raise typer.Exit()
+
+
+def build_app() -> typer.Typer:
+    """Create the Typer app with every stage that is installed."""
+    app = typer.Typer(
+        name="stainbench",
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    @app.callback()
+    def _root(
+        version: Annotated[
+            bool,
+            typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        ] = False,
+        verbose: Annotated[
+            int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")
+        ] = 0,
+        debug: Annotated[
+            bool,
+            typer.Option("--debug", help="Show tracebacks (also: STAINBENCH_DEBUG=1)."),
+        ] = False,
+    ) -> None:
+        setup_logging(verbose + (2 if debug else 0))
+
+    for stage in STAGES:
+        try:
+            module = importlib.import_module(f"stainbench.cli.{stage}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"stainbench.cli.{stage}":
+                continue
+            raise
+        module.register(app)
+    return app
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("STAINBENCH_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (also used by tests)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(args)
+    app = build_app()
+    try:
+        result = typer.main.get_command(app).main(
+            args=args, prog_name="stainbench", standalone_mode=False
+        )
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        err_console.print("[red]error:[/] interrupted")
+        return 130
+    except typer.TyperException as exc:  # usage errors (exit code 2) and other CLI errors
+        ctx = getattr(exc, "ctx", None)
+        code = getattr(exc, "exit_code", 2)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None and code == 2 else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err_console.print(f"[red]error:[/] {message}{hint}", highlight=False, soft_wrap=True)
+        return code
+    except StainbenchError as exc:
+        if debug:
+            err_console.print_exception()
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        err_console.print("[red]error:[/] interrupted")
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:  # pragma: no cover - thin wrapper for `python -m stainbench`
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

@@ -1,0 +1,75 @@
+"""The CLI skeleton: help, version, one-line errors and exit codes, run as a real process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from stainbench import __version__
+from stainbench.cli.main import STAGES, build_app, main
+from stainbench.errors import DataError
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stainbench", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_version_prints_package_version() -> None:
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"stainbench {__version__}"
+
+
+def test_help_lists_every_installed_stage() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0, proc.stderr
+    app = build_app()
+    import typer.main
+
+    registered = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    assert registered <= set(STAGES)
+    for name in registered:
+        assert name in proc.stdout
+
+
+@pytest.mark.parametrize("args", [["no-such-command"], ["--no-such-option"]])
+def test_usage_errors_are_one_line_and_exit_2(args: list[str]) -> None:
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:")
+    assert "Traceback" not in proc.stderr
+
+
+def test_library_error_becomes_one_line_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typer
+
+    def register(app: typer.Typer) -> None:
+        @app.command("boom")
+        def boom() -> None:
+            raise DataError("tiles/a.png: not an image")
+
+    real_build = build_app
+
+    def build_with_boom() -> typer.Typer:
+        app = real_build()
+        register(app)
+        return app
+
+    monkeypatch.setattr("stainbench.cli.main.build_app", build_with_boom)
+    assert main(["boom"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: tiles/a.png: not an image"
+    assert main(["--debug", "boom"]) == 1
+    assert "Traceback" in capsys.readouterr().err
