@@ -1,0 +1,1 @@
+"""Benchmarks: quality, latency and the comparison report of served models."""
