@@ -1,0 +1,91 @@
+"""Building blocks shared by the architectures.
+
+Normalization defaults to instance norm without running statistics, so that in eval mode
+one tile's output never depends on the other tiles in its batch (Triton batches requests).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+NormName = Literal["instance", "batch", "none"]
+UpsampleName = Literal["transpose", "resize"]
+
+
+def norm_layer(kind: NormName, channels: int) -> nn.Module:
+    """A 2D normalization layer.
+
+    ``"instance"``: per-sample, per-channel statistics, no affine parameters and no running
+    statistics (the classic pix2pix/CycleGAN choice; batch-independent). ``"batch"``: batch
+    norm (train-mode outputs depend on the batch; eval mode uses running statistics).
+    ``"none"``: identity.
+    """
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be 'instance', 'batch' or 'none', got {kind!r}")
+
+
+def conv_bias(kind: NormName) -> bool:
+    """Convolutions followed by batch norm need no bias (the norm's shift replaces it)."""
+    return kind != "batch"
+
+
+def upsample_conv(
+    in_ch: int,
+    out_ch: int,
+    *,
+    mode: UpsampleName,
+    kernel_size: int,
+    bias: bool,
+) -> nn.Module:
+    """Double the spatial size and map ``in_ch`` -> ``out_ch`` channels.
+
+    ``"transpose"``: the classic stride-2 transposed convolution (``kernel_size`` 4 with
+    padding 1, or 3 with padding 1 and output padding 1). ``"resize"``: nearest-neighbour
+    upsampling then a 3x3 convolution (no checkerboard artefacts; on CPU torch runs plain
+    convolutions faster than transposed ones).
+    """
+    if mode == "transpose":
+        if kernel_size == 4:
+            return nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1, bias=bias)
+        if kernel_size == 3:
+            return nn.ConvTranspose2d(
+                in_ch, out_ch, 3, stride=2, padding=1, output_padding=1, bias=bias
+            )
+        raise ValueError(f"transposed upsampling supports kernel 3 or 4, got {kernel_size}")
+    if mode == "resize":
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias),
+        )
+    raise ValueError(f"upsample must be 'transpose' or 'resize', got {mode!r}")
+
+
+def final_activation(kind: Literal["tanh", "none"]) -> nn.Module:
+    """``"tanh"`` bounds outputs to [-1, 1] (for ``range`` normalization); ``"none"``."""
+    if kind == "tanh":
+        return nn.Tanh()
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"final activation must be 'tanh' or 'none', got {kind!r}")
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> None:
+    """The classic initialization: conv weights ~ N(0, gain), biases 0; norm scales ~ N(1, gain).
+
+    Uses torch's global RNG: seed it (``torch.manual_seed``) before building a model.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,135 @@
+"""The ResNet generator of CycleGAN (Johnson et al. 2016; Zhu et al. 2017).
+
+A 7x7 stem, ``n_downsampling`` stride-2 3x3 convolutions, ``n_blocks`` residual blocks at the
+lowest resolution (reflection padding), ``n_downsampling`` upsampling steps and a 7x7 head.
+``n_blocks=9, base_width=64`` is the classic ``resnet_9blocks`` (11.4 M parameters),
+``n_blocks=6`` ``resnet_6blocks``. Tile height and width must be multiples of
+``2**n_downsampling`` (``size_multiple``, 4 by default).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from stainbench.models.layers import (
+    NormName,
+    UpsampleName,
+    conv_bias,
+    final_activation,
+    init_weights,
+    norm_layer,
+    upsample_conv,
+)
+from stainbench.models.registry import register_model
+
+
+class ResidualBlock(nn.Module):
+    """``x + conv(relu(norm(conv(pad(x)))))`` with reflection padding, channels unchanged."""
+
+    def __init__(self, channels: int, norm: NormName, dropout: float) -> None:
+        super().__init__()
+        bias = conv_bias(norm)
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=bias),
+            norm_layer(norm, channels),
+            nn.ReLU(inplace=True),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += [
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=bias),
+            norm_layer(norm, channels),
+        ]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """ResNet generator: ``(B, in_channels, H, W)`` float32 -> ``(B, out_channels, H, W)``."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        n_blocks: int = 9,
+        base_width: int = 64,
+        n_downsampling: int = 2,
+        norm: NormName = "instance",
+        dropout: float = 0.0,
+        upsample: UpsampleName = "transpose",
+        final: Literal["tanh", "none"] = "tanh",
+    ) -> None:
+        super().__init__()
+        if n_blocks < 0 or n_downsampling < 0 or base_width < 1:
+            raise ValueError("n_blocks and n_downsampling must be >= 0, base_width >= 1")
+        self.size_multiple: int = 2**n_downsampling
+        bias = conv_bias(norm)
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, base_width, 7, bias=bias),
+            norm_layer(norm, base_width),
+            nn.ReLU(inplace=True),
+        ]
+        width = base_width
+        for _ in range(n_downsampling):
+            layers += [
+                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=bias),
+                norm_layer(norm, 2 * width),
+                nn.ReLU(inplace=True),
+            ]
+            width *= 2
+        layers += [ResidualBlock(width, norm, dropout) for _ in range(n_blocks)]
+        for _ in range(n_downsampling):
+            layers += [
+                upsample_conv(width, width // 2, mode=upsample, kernel_size=3, bias=bias),
+                norm_layer(norm, width // 2),
+                nn.ReLU(inplace=True),
+            ]
+            width //= 2
+        layers += [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(width, out_channels, 7),
+            final_activation(final),
+        ]
+        self.model = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+@register_model(
+    "resnet",
+    role="generator",
+    small_kwargs={"n_blocks": 1, "base_width": 4},
+)
+def resnet(
+    in_channels: int = 3,
+    out_channels: int = 3,
+    n_blocks: int = 9,
+    base_width: int = 64,
+    n_downsampling: int = 2,
+    norm: NormName = "instance",
+    dropout: float = 0.0,
+    upsample: UpsampleName = "transpose",
+    final: Literal["tanh", "none"] = "tanh",
+) -> ResnetGenerator:
+    """ResNet generator; ``n_blocks=9`` is resnet_9blocks, ``n_blocks=6`` resnet_6blocks."""
+    return ResnetGenerator(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        n_blocks=n_blocks,
+        base_width=base_width,
+        n_downsampling=n_downsampling,
+        norm=norm,
+        dropout=dropout,
+        upsample=upsample,
+        final=final,
+    )

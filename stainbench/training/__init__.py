@@ -1,0 +1,1 @@
+"""Training: one small task per model family, one generic loop, and checkpoints."""
