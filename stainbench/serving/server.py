@@ -263,16 +263,16 @@ class TritonServer:
                 self._cleanup(keep_log=False)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def stop(self) -> None:
+    def stop(self, keep_log: bool = False) -> None:
         """Stop the server (SIGTERM, SIGKILL after ``grace`` s) and every process it started.
 
-        Idempotent. Removes the private temporary folder (with the log unless ``log_path`` was
-        given).
+        Idempotent. Removes the private temporary folder, with the log unless ``log_path``
+        was given or ``keep_log`` is true (e.g. to point a user at it after a crash).
         """
         if self._proc is None:
             return
         self._terminate()
-        self._cleanup(keep_log=False)
+        self._cleanup(keep_log=keep_log)
 
     def __enter__(self) -> TritonServer:
         return self.start()
