@@ -1,0 +1,176 @@
+"""ONNX export: in-graph normalization, parity gate, batch independence, size multiples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from stainbench.errors import DataError, ExportError, ModelError
+from stainbench.export.exporter import export_checkpoint
+from stainbench.export.onnx import (
+    OnnxTileModel,
+    TileTranslator,
+    export_onnx,
+    make_translator,
+    read_metadata,
+)
+from stainbench.export.parity import run_parity_gate
+from stainbench.export.profile import ExportProfile, ParitySettings, TritonSettings
+from stainbench.models import create_model, get_entry, list_models
+
+FAMILIES = ("cyclegan", "pix2pix", "unet")
+SMALL = ExportProfile(
+    triton=TritonSettings(warmup_tile=32), parity=ParitySettings(tile=32, val_tiles=3)
+)
+
+
+def normalization() -> dict[str, dict]:
+    from stainbench.data.transforms import Normalization
+
+    a = Normalization("range", "A", (127.5,) * 3, (127.5,) * 3)
+    b = Normalization("zscore", "B", (170.0, 120.0, 160.0), (45.0, 60.0, 40.0))
+    return {"A": a.to_dict(), "B": b.to_dict()}
+
+
+def _translator(arch: str, seed: int = 0) -> TileTranslator:
+    torch.manual_seed(seed)
+    g = create_model(arch, **get_entry(arch).small_kwargs)
+    return make_translator(g, normalization(), g.size_multiple)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_family_parity_and_manifest(
+    family: str, tmp_path: Path, demo_store: Path, checkpoint_factory, norm_dicts
+) -> None:
+    ckpt = checkpoint_factory(
+        family, "r1", path=tmp_path / "runs" / "r1" / "best.pt", store=str(demo_store)
+    )
+    result = export_checkpoint(ckpt.parent, tmp_path / "repo", SMALL)
+    assert result.name == f"{family}_r1" and result.version == 1
+    p = result.parity
+    assert p["passed"] and p["val_tiles"] == 3 and p["random_tiles"] == 2
+    assert p["float_rel"] <= 1e-4 and p["uint8_max"] <= 1 and p["batch_uint8_max"] <= 1
+    manifest = json.loads((result.version_dir / "export_manifest.json").read_text())
+    assert manifest["source"]["sha256"] and manifest["source"]["family"] == family
+    assert manifest["data"]["store"] == str(demo_store)
+    assert manifest["normalization"] == norm_dicts
+    assert manifest["tile"]["size_multiple"] == result.size_multiple
+    assert manifest["versions"]["onnxruntime"] and manifest["version"] == 1
+    model = onnx.load(str(result.version_dir / "model.onnx"))
+    assert model.opset_import[0].version >= 17
+    assert [o.name for o in model.graph.output] == ["OUTPUT"]
+    assert not list(result.version_dir.glob("*.data"))  # weights inside the file
+    meta = read_metadata(result.version_dir / "model.onnx")
+    assert meta["size_multiple"] == str(result.size_multiple) and meta["family"] == family
+
+    # served graph vs PyTorch on real val tiles, and a tile alone vs in a batch of others
+    from stainbench.data.store import open_store
+    from stainbench.training.checkpoint import load_generator
+
+    tiles = np.asarray(open_store(demo_store).array("val", "A")[:4])
+    gen, info = load_generator(ckpt)
+    ref, _ = make_translator(gen, info.normalization, info.size_multiple).translate(tiles)
+    served = OnnxTileModel(result.version_dir / "model.onnx", threads=1)
+    out = served.run(tiles)
+    assert out.dtype == np.uint8 and out.shape == tiles.shape
+    assert np.abs(out.astype(int) - ref).max() <= 1
+    alone = served.run(tiles[2:3])
+    assert np.abs(alone.astype(int) - out[2:3]).max() <= 1
+
+
+@pytest.mark.parametrize("arch", list_models("generator"))
+def test_every_registered_generator_exports(arch: str, tmp_path: Path) -> None:
+    tr = _translator(arch)
+    files = export_onnx(tr, tmp_path)
+    report = run_parity_gate(tr, OnnxTileModel(files.parity), None, ParitySettings(tile=16))
+    assert report.passed and report.val_tiles == 0
+    assert report.tile % tr.size_multiple == 0
+
+
+def test_dynamic_batch_and_tile_size(tmp_path: Path) -> None:
+    tr = _translator("unet")
+    m = OnnxTileModel(export_onnx(tr, tmp_path).model)
+    for shape in [(1, 8, 8, 3), (5, 16, 40, 3), (2, 64, 24, 3)]:
+        x = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+        y = m.run(x)
+        assert y.shape == shape and y.dtype == np.uint8
+        assert np.abs(y.astype(int) - tr.translate(x)[0]).max() <= 1
+
+
+def test_in_graph_normalization_is_the_checkpoint_affine(tmp_path: Path) -> None:
+    """With an identity generator the graph is exactly denorm_B(norm_A(x)), rounded."""
+    tr = make_translator(torch.nn.Identity(), normalization(), 1)
+    m = OnnxTileModel(export_onnx(tr, tmp_path).model)
+    x = np.random.default_rng(2).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    a, b = normalization()["A"], normalization()["B"]
+    expect = (x - np.array(a["offset"])) / np.array(a["scale"])
+    expect = np.clip(np.round(expect * np.array(b["scale"]) + np.array(b["offset"])), 0, 255)
+    assert np.abs(m.run(x).astype(int) - expect).max() <= 1
+
+
+def test_size_multiple_enforced_with_clear_error(tmp_path: Path) -> None:
+    tr = _translator("unet")
+    m = OnnxTileModel(export_onnx(tr, tmp_path).model)
+    assert m.size_multiple == tr.size_multiple == 8
+    x = np.zeros((1, 12, 16, 3), np.uint8)
+    with pytest.raises(DataError, match="multiples of 8, got 12x16"):
+        m.run(x)
+    with pytest.raises(DataError, match="uint8"):
+        m.run(x.astype(np.float32))
+
+
+class BatchCentering(torch.nn.Module):
+    """Subtracts the batch mean, as train-mode BatchNorm does: outputs depend on batch-mates."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x - x.mean(dim=0, keepdim=True))
+
+
+def test_batch_dependent_model_fails_the_gate(tmp_path: Path) -> None:
+    tr = make_translator(BatchCentering(), normalization(), 1)
+    files = export_onnx(tr, tmp_path)
+    with pytest.raises(
+        ExportError, match=r"gate failed: a tile alone vs inside a batch of 3.*batch-mates"
+    ):
+        run_parity_gate(tr, OnnxTileModel(files.parity), None, ParitySettings(tile=8))
+
+
+def test_failed_gate_writes_nothing(tmp_path: Path, checkpoint_factory) -> None:
+    ckpt = checkpoint_factory("unet")
+    strict = ExportProfile(
+        triton=TritonSettings(warmup_tile=16),
+        parity=ParitySettings(tile=16, float_rtol=1e-15, uint8_atol=0),
+    )
+    repo = tmp_path / "repo"
+    with pytest.raises(
+        ExportError, match=r"gate failed: ONNX Runtime vs PyTorch.*Nothing was written"
+    ):
+        export_checkpoint(ckpt, repo, strict)
+    assert not repo.exists() or not any(repo.iterdir())
+
+
+def test_bad_checkpoints(tmp_path: Path, checkpoint_factory) -> None:
+    not_ours = tmp_path / "x.pt"
+    torch.save({"weights": torch.zeros(2)}, not_ours)
+    with pytest.raises(ModelError, match="not a stainbench checkpoint"):
+        export_checkpoint(not_ours, tmp_path / "repo", SMALL)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage")
+    with pytest.raises(ModelError, match="corrupt"):
+        export_checkpoint(corrupt, tmp_path / "repo", SMALL)
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    with pytest.raises(ModelError, match="no checkpoint"):
+        export_checkpoint(empty, tmp_path / "repo", SMALL)
+    ckpt = checkpoint_factory("unet")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ExportError, match="is a file"):
+        export_checkpoint(ckpt, tmp_path / "afile", SMALL)
+    with pytest.raises(ExportError, match="invalid"):
+        export_checkpoint(ckpt, tmp_path / "repo", SMALL, name="a/b")
+    assert not (tmp_path / "repo").exists()
