@@ -1,0 +1,337 @@
+"""The built-in demo data set, made from scikit-image's immunohistochemistry image.
+
+``skimage.data.immunohistochemistry()`` is a real 512x512 RGB field stained with hematoxylin
+(nuclei, blue) and DAB (the brown marker). Colour deconvolution (``skimage.color.rgb2hed``)
+separates the two stains; re-rendering only the hematoxylin channel (``hed2rgb`` with DAB and
+eosin set to zero) gives what the same field would look like without the marker. The paired
+task is therefore real virtual staining: from the hematoxylin-only image (domain A) predict
+the IHC image (domain B), i.e. predict where the DAB is.
+
+Regions (no leakage): the image is cut into a top band (training) and a bottom band
+(validation) of ``val_band_height(tile)`` rows; every tile lies entirely inside its band. Tiles
+are random positions inside the band (seeded), so training tiles overlap each other (random
+crops of one field), but never a validation pixel.
+
+Three stores are written into ``out``:
+
+- ``paired.zarr``: ``train/A``, ``train/B``, ``val/A``, ``val/B`` uint8 ``(N, tile, tile, 3)``;
+- ``unpaired.zarr``: the same bands, but A and B tiles at independent positions and in unequal
+  numbers (``N_B = ceil(0.8 N_A)``): no A tile has its B partner;
+- ``volume.zarr``: one paired volume ``volumes/ihc_stack/{A,B}`` uint8 ``(Z, 256, 256, 3)``:
+  slice ``z`` is the 256x256 window at offset ``(8z, 8z)`` (a diagonal drift through the
+  field, like serial sections) with its stain optical densities scaled by the smooth factor
+  ``0.75 + 0.5 z / (Z - 1)`` (stain uptake growing with depth) before re-rendering. Split by
+  z range: the last quarter of the slices is validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stainbench import __version__
+from stainbench.data.store import create_store, read_attrs
+from stainbench.data.writer import (
+    TILES_PER_SHARD,
+    create_tile_array,
+    create_volume_array,
+    finalize_with_stats,
+)
+from stainbench.errors import DataError
+
+#: Default sizes (the seed's 7,500 / 750 tiles; 128 px keeps train and val bands disjoint).
+DEFAULT_TILE = 128
+DEFAULT_TRAIN = 7500
+DEFAULT_VAL = 750
+#: Demo volume: slices, slice side, drift per slice in pixels.
+VOLUME_Z = 32
+VOLUME_SIDE = 256
+VOLUME_DRIFT = 8
+SOURCE_NAME = "skimage.data.immunohistochemistry"
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class DemoResult:
+    """Paths of the three stores written, and what went into them."""
+
+    out: Path
+    paired: Path
+    unpaired: Path
+    volume: Path
+    tile: int
+    n_train: int
+    n_val: int
+    seed: int
+    regions: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        return {"paired": self.paired, "unpaired": self.unpaired, "volume": self.volume}
+
+
+def load_source() -> np.ndarray:
+    """The IHC image: uint8 ``(512, 512, 3)`` RGB (ships with scikit-image, no download)."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.immunohistochemistry())
+
+
+def render_stains(rgb: np.ndarray, h_only: bool, factor: float = 1.0) -> np.ndarray:
+    """Colour-deconvolve ``rgb`` (uint8 ``(H, W, 3)``) and re-render it as uint8 RGB.
+
+    ``h_only``: keep only the hematoxylin channel (DAB and eosin set to 0); ``factor``
+    multiplies the stain optical densities (1.0 with ``h_only=False`` reproduces the image up
+    to rounding).
+    """
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(rgb) * factor
+    if h_only:
+        hed[..., 1:] = 0.0
+    out = hed2rgb(hed)
+    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def val_band_height(tile: int, image_height: int = 512) -> int:
+    """Rows of the validation band: ``max(tile + 64, 160)``, at most ``image_height - tile``."""
+    return min(image_height - tile, max(tile + 64, 160))
+
+
+def max_tile(image_height: int = 512) -> int:
+    """Largest tile side for which both bands hold at least one tile (256 for 512 rows)."""
+    return image_height // 2
+
+
+def regions(tile: int, shape: tuple[int, int] = (512, 512)) -> dict[str, list[int]]:
+    """Train / val bands as ``[y0, y1, x0, x1]`` (half-open), disjoint."""
+    h, w = shape
+    vh = val_band_height(tile, h)
+    return {"train": [0, h - vh, 0, w], "val": [h - vh, h, 0, w]}
+
+
+def sample_positions(rng: np.random.Generator, region: list[int], tile: int, n: int) -> np.ndarray:
+    """``n`` top-left corners ``(y, x)`` (int64 ``(n, 2)``) of tiles inside ``region``."""
+    y0, y1, x0, x1 = region
+    ys = rng.integers(y0, y1 - tile + 1, size=n)
+    xs = rng.integers(x0, x1 - tile + 1, size=n)
+    return np.stack([ys, xs], axis=1).astype(np.int64)
+
+
+def make_demo_store(
+    out: str | Path,
+    tile: int = DEFAULT_TILE,
+    n_train: int = DEFAULT_TRAIN,
+    n_val: int = DEFAULT_VAL,
+    seed: int = 0,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> DemoResult:
+    """Write ``out/paired.zarr``, ``out/unpaired.zarr`` and ``out/volume.zarr``.
+
+    ``tile``: tile side in pixels (16..256); ``n_train``/``n_val``: tiles per split (>= 1);
+    ``seed``: tile positions; ``force``: replace existing stores in ``out``.
+    ``progress(task, done, total)`` is called while writing. Takes ~1 minute at the defaults
+    on 2 cores; tests use e.g. ``tile=32, n_train=8, n_val=4``.
+    """
+    if not 16 <= tile <= max_tile():
+        raise DataError(f"--tile {tile}: must be between 16 and {max_tile()} pixels")
+    if n_train < 1 or n_val < 1:
+        raise DataError(f"--train {n_train} / --val {n_val}: need at least one tile each")
+    out_dir = Path(out)
+    if (out_dir / "zarr.json").exists() or read_attrs(out_dir) is not None:
+        raise DataError(f"{out_dir}: is a zarr store; give a directory for the demo stores")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a directory")
+    paths = {k: out_dir / f"{k}.zarr" for k in ("paired", "unpaired", "volume")}
+    if not force:
+        for p in paths.values():
+            if p.exists():
+                raise DataError(f"{p}: already exists; pass --force to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    source = load_source()
+    source_sha = hashlib.sha256(source.tobytes()).hexdigest()
+    h_only = render_stains(source, h_only=True)
+    reg = regions(tile, source.shape[:2])
+    rng = np.random.default_rng(seed)
+    pos = {
+        "train": sample_positions(rng, reg["train"], tile, n_train),
+        "val": sample_positions(rng, reg["val"], tile, n_val),
+    }
+    base = {
+        "created_by": "stainbench data demo",
+        "stainbench_version": __version__,
+        "sources": [
+            {
+                "path": SOURCE_NAME,
+                "sha256": source_sha,
+                "shape": list(source.shape),
+                "dtype": "uint8",
+                "note": "sha256 of the decoded RGB pixels",
+            }
+        ],
+        "formats": {"A": "uint8 RGB", "B": "uint8 RGB"},
+        "conversions": [
+            "A: hematoxylin-only rendering (skimage.color.rgb2hed, DAB and eosin set to 0, "
+            "hed2rgb), rounded to uint8",
+            "B: the original IHC image (hematoxylin + DAB)",
+        ],
+        "failures": [],
+        "params": {"tile": tile, "n_train": n_train, "n_val": n_val, "seed": seed},
+    }
+
+    # paired ------------------------------------------------------------------------------
+    group = create_store(paths["paired"], "paired", force=force)
+    counter = _Counter(progress, "paired tiles", 2 * (n_train + n_val))
+    for split in ("train", "val"):
+        for domain, image in (("A", h_only), ("B", source)):
+            arr = create_tile_array(
+                group, f"{split}/{domain}", len(pos[split]), tile, tile, 3, "u1"
+            )
+            _write_tiles(arr, image, pos[split], tile, counter)
+    manifest = {
+        **base,
+        "kind": "paired",
+        "split": {
+            "method": "region",
+            "seed": seed,
+            "regions": reg,
+            "positions": {s: pos[s].tolist() for s in pos},
+            "counts": {s: {"A": len(pos[s]), "B": len(pos[s])} for s in pos},
+        },
+    }
+    finalize_with_stats(group, paths["paired"], "paired", manifest, _stage(progress, "stats"))
+
+    # unpaired ----------------------------------------------------------------------------
+    urng = np.random.default_rng([seed, 1])
+    counts = {
+        s: {"A": n, "B": max(1, math.ceil(0.8 * n))}
+        for s, n in (("train", n_train), ("val", n_val))
+    }
+    upos: dict[str, dict[str, list[list[int]]]] = {}
+    group = create_store(paths["unpaired"], "unpaired", force=force)
+    for split in ("train", "val"):
+        upos[split] = {}
+        for domain, image in (("A", h_only), ("B", source)):
+            p = sample_positions(urng, reg[split], tile, counts[split][domain])
+            arr = create_tile_array(group, f"{split}/{domain}", len(p), tile, tile, 3, "u1")
+            _write_tiles(arr, image, p, tile)
+            upos[split][domain] = p.tolist()
+            _tick(progress, "unpaired tiles", 1, 1)
+    manifest = {
+        **base,
+        "kind": "unpaired",
+        "split": {
+            "method": "region",
+            "seed": seed,
+            "regions": reg,
+            "positions": upos,
+            "counts": counts,
+            "note": "A and B tiles at independent random positions, unequal counts",
+        },
+    }
+    finalize_with_stats(group, paths["unpaired"], "unpaired", manifest, None)
+
+    # volume ------------------------------------------------------------------------------
+    write_demo_volume(paths["volume"], source, base, force=force)
+    _tick(progress, "volume", 1, 1)
+    return DemoResult(
+        out_dir,
+        paths["paired"],
+        paths["unpaired"],
+        paths["volume"],
+        tile,
+        n_train,
+        n_val,
+        seed,
+        reg,
+    )
+
+
+def write_demo_volume(
+    path: Path, source: np.ndarray, base: dict[str, Any], force: bool = False
+) -> None:
+    """The demo volume (see the module docstring): paired A/B, split by z range."""
+    z = VOLUME_Z
+    group = create_store(path, "volume", force=force)
+    arrays = {
+        d: create_volume_array(
+            group,
+            f"volumes/ihc_stack/{d}",
+            (z, VOLUME_SIDE, VOLUME_SIDE, 3),
+            "u1",
+            chunks=(8, 128, 128, 3),
+        )
+        for d in ("A", "B")
+    }
+    for k in range(z):
+        o = VOLUME_DRIFT * k
+        window = source[o : o + VOLUME_SIDE, o : o + VOLUME_SIDE]
+        factor = 0.75 + 0.5 * k / (z - 1)
+        arrays["A"][k] = render_stains(window, h_only=True, factor=factor)
+        arrays["B"][k] = render_stains(window, h_only=False, factor=factor)
+    z_val = z - z // 4
+    manifest = {
+        **base,
+        "kind": "volume",
+        "params": {"slices": z, "side": VOLUME_SIDE, "drift_px": VOLUME_DRIFT},
+        "conversions": [
+            *base["conversions"],
+            f"slice z = window at offset (8z, 8z) of the source, stain optical densities x "
+            f"(0.75 + 0.5 z / {z - 1}), re-rendered with hed2rgb",
+        ],
+        "split": {
+            "method": "region",
+            "axis": "z",
+            "volumes": {
+                "train": [{"name": "ihc_stack", "z": [0, z_val]}],
+                "val": [{"name": "ihc_stack", "z": [z_val, z]}],
+            },
+        },
+    }
+    finalize_with_stats(group, path, "volume", manifest, None)
+
+
+class _Counter:
+    def __init__(self, progress: Progress | None, task: str, total: int) -> None:
+        self.progress, self.task, self.total, self.done = progress, task, total, 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        _tick(self.progress, self.task, self.done, self.total)
+
+
+def _write_tiles(
+    arr: Any,
+    image: np.ndarray,
+    positions: np.ndarray,
+    tile: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> None:
+    """Write the tiles at ``positions`` of ``image`` into ``arr`` one shard at a time."""
+    for start in range(0, len(positions), TILES_PER_SHARD):
+        block = positions[start : start + TILES_PER_SHARD]
+        arr[start : start + len(block)] = np.stack(
+            [image[y : y + tile, x : x + tile] for y, x in block]
+        )
+        if on_batch is not None:
+            on_batch(len(block))
+
+
+def _tick(progress: Progress | None, task: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(task, done, total)
+
+
+def _stage(progress: Progress | None, task: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(task, done, total)

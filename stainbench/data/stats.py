@@ -1,0 +1,387 @@
+"""Normalization statistics from exact per-channel histograms, in one streaming pass.
+
+Stored data is uint8 or uint16, so a per-channel histogram (256 or 65,536 bins) is a small,
+exact summary of any amount of data: mean, std, min, max and percentiles follow from it with
+no approximation, histograms of independent chunks simply add up (so a Dask cluster gives the
+same numbers as one process), and memory stays bounded by one block of data plus the bins.
+
+Statistics layout (``store.stats``, schema :data:`STATS_SCHEMA_VERSION`)::
+
+    {"schema_version": 1, "fields": [...FIELDS], "percentiles": [0.5, 1, 99, 99.5],
+     "splits": {"train": {"A": DomainStats, "B": DomainStats}, "val": {...}},
+     "per_image": {"train/A": "stats/train/A", ...},      # tile stores: (N, C, 8) arrays
+     "per_volume": {"vol0": {"A": DomainStats, ...}}}      # volume stores
+
+    DomainStats = {"dtype": "uint8", "value_range": [0, 255], "channels": C, "count": pixels,
+                   "mean": [C floats], "std": [...], "min": [...], "max": [...],
+                   "p0.5": [...], "p1": [...], "p99": [...], "p99.5": [...]}
+
+Percentiles use numpy's default ("linear") definition, so they equal ``np.percentile`` on the
+whole array; ``std`` is the population standard deviation (``ddof=0``, as ``np.std``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stainbench.errors import DataError
+
+STATS_SCHEMA_VERSION = 1
+PERCENTILES: tuple[float, ...] = (0.5, 1.0, 99.0, 99.5)
+FIELDS: tuple[str, ...] = ("mean", "std", "min", "max", "p0.5", "p1", "p99", "p99.5")
+#: Elements converted to bin indices at a time (bounds the temporary memory to ~8 bytes each).
+_PIECE = 1 << 22
+
+
+def n_bins(dtype: np.dtype | str) -> int:
+    """Histogram size for a stored dtype (uint8: 256, uint16: 65,536)."""
+    dt = np.dtype(dtype)
+    if dt == np.uint8:
+        return 256
+    if dt == np.uint16:
+        return 65536
+    raise DataError(f"statistics need uint8 or uint16 data, got {dt}")
+
+
+def channel_histograms(x: np.ndarray) -> np.ndarray:
+    """Per-channel histogram of ``x`` (``(..., C)`` uint8/uint16): int64 ``(C, bins)``."""
+    bins = n_bins(x.dtype)
+    c = x.shape[-1]
+    flat = x.reshape(-1, c)
+    out = np.zeros(c * bins, dtype=np.int64)
+    offsets = np.arange(c, dtype=np.int64) * bins
+    rows = max(1, _PIECE // c)
+    for start in range(0, flat.shape[0], rows):
+        piece = flat[start : start + rows].astype(np.int64) + offsets
+        out += np.bincount(piece.ravel(), minlength=c * bins)
+    return out.reshape(c, bins)
+
+
+def batch_histograms(x: np.ndarray) -> np.ndarray:
+    """Histogram of each item of a batch ``(B, ..., C)``: int64 ``(B, C, bins)``."""
+    bins = n_bins(x.dtype)
+    b, c = x.shape[0], x.shape[-1]
+    flat = x.reshape(b, -1, c)
+    per_item = flat.shape[1] * c
+    if per_item > _PIECE:
+        return (
+            np.stack([channel_histograms(flat[i]) for i in range(b)])
+            if b
+            else np.zeros((0, c, bins), dtype=np.int64)
+        )
+    out = np.zeros(b * c * bins, dtype=np.int64)
+    step = max(1, _PIECE // max(1, per_item))
+    width = c * bins
+    for s in range(0, b, step):
+        e = min(b, s + step)
+        off = (np.arange(e - s, dtype=np.int64)[:, None, None] * c + np.arange(c)) * bins
+        piece = flat[s:e].astype(np.int64) + off
+        out[s * width : e * width] += np.bincount(piece.ravel(), minlength=(e - s) * width)
+    return out.reshape(b, c, bins)
+
+
+def summarize(hist: np.ndarray) -> np.ndarray:
+    """Statistics from histograms ``(..., bins)``: float64 ``(..., len(FIELDS))``.
+
+    Vectorized over the leading axes; empty histograms give NaN everywhere.
+    """
+    h = np.asarray(hist, dtype=np.int64)
+    lead = h.shape[:-1]
+    h2 = h.reshape(-1, h.shape[-1])
+    out = np.full((h2.shape[0], len(FIELDS)), np.nan)
+    rows = np.nonzero(h2.sum(axis=1))[0]
+    if rows.size:
+        h2 = h2[rows]
+        values = np.arange(h2.shape[1], dtype=np.float64)
+        n = h2.sum(axis=1)
+        mean = (h2 * values).sum(axis=1) / n
+        var = (h2 * (values - mean[:, None]) ** 2).sum(axis=1) / n
+        present = h2 > 0
+        vmin = np.argmax(present, axis=1).astype(np.float64)
+        vmax = (h2.shape[1] - 1 - np.argmax(present[:, ::-1], axis=1)).astype(np.float64)
+        cum = np.cumsum(h2, axis=1)
+        cols = [mean, np.sqrt(var), vmin, vmax]
+        for q in PERCENTILES:
+            k = q / 100.0 * (n - 1)
+            lo = np.floor(k).astype(np.int64)
+            frac = k - lo
+            hi = np.minimum(lo + 1, n - 1)
+            v_lo = (cum <= lo[:, None]).sum(axis=1).astype(np.float64)
+            v_hi = (cum <= hi[:, None]).sum(axis=1).astype(np.float64)
+            diff = v_hi - v_lo
+            cols.append(np.where(frac >= 0.5, v_hi - diff * (1 - frac), v_lo + diff * frac))
+        out[rows] = np.stack(cols, axis=1)
+    return out.reshape(*lead, len(FIELDS))
+
+
+def domain_stats(hist: np.ndarray, dtype: np.dtype | str) -> dict[str, Any]:
+    """A ``DomainStats`` mapping from a ``(C, bins)`` histogram."""
+    summary = summarize(hist)
+    dt = np.dtype(dtype)
+    out: dict[str, Any] = {
+        "dtype": dt.name,
+        "value_range": [0, int(np.iinfo(dt).max)],
+        "channels": int(hist.shape[0]),
+        "count": int(hist[0].sum()),
+    }
+    for j, field in enumerate(FIELDS):
+        out[field] = [float(v) for v in summary[:, j]]
+    return out
+
+
+def check_stats(stats: Mapping[str, Any], where: str = "stats") -> None:
+    """Raise :class:`DataError` if ``stats`` is missing or of another schema version."""
+    if not stats:
+        raise DataError(f"{where}: no normalization statistics; run 'stainbench data stats'")
+    version = stats.get("schema_version")
+    if version != STATS_SCHEMA_VERSION:
+        raise DataError(
+            f"{where}: statistics schema version {version!r}, expected {STATS_SCHEMA_VERSION}; "
+            "run 'stainbench data stats' again"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-store pass
+
+
+@dataclass(frozen=True)
+class Block:
+    """One independent unit of work: a chunk-aligned block of one array.
+
+    ``key`` is the array's path in the store; ``index`` the slices along the first two axes;
+    ``split``/``domain``/``volume`` say where its histogram is added; ``per_item`` asks for a
+    histogram per index along axis 0 (per-tile statistics).
+    """
+
+    key: str
+    index: tuple[tuple[int, int], ...]
+    domain: str
+    splits: tuple[str, ...]
+    volume: str | None
+    per_item: bool
+
+
+@dataclass
+class BlockResult:
+    block: Block
+    hist: np.ndarray  # (C, bins) int64
+    per_item: np.ndarray | None  # (B, C, len(FIELDS)) float64
+
+
+def run_block(store_path: str, block: Block) -> BlockResult:
+    """Read one block and histogram it (the function Dask workers run)."""
+    import zarr
+
+    arr = zarr.open_array(f"{store_path}/{block.key}", mode="r")
+    sl = tuple(slice(a, b) for a, b in block.index)
+    data = np.asarray(arr[sl])
+    if block.per_item:
+        per = batch_histograms(data)
+        return BlockResult(block, per.sum(axis=0), summarize(per))
+    return BlockResult(block, channel_histograms(data), None)
+
+
+def plan_blocks(store: Any, max_block_bytes: int = 32 << 20) -> list[Block]:
+    """Chunk-aligned blocks covering every array of ``store`` (a TileStore)."""
+    blocks: list[Block] = []
+    if store.kind == "volume":
+        regions: dict[str, list[tuple[str, int, int]]] = {}
+        for split in store.splits:
+            for ref in store.volumes(split):
+                regions.setdefault(ref.name, []).append((split, ref.z[0], ref.z[1]))
+        for name, parts in regions.items():
+            cuts = sorted({z for _, a, b in parts for z in (a, b)})
+            for domain in store.domains(store.splits[0]):
+                arr = store.volume_array(name, domain)
+                key = f"volumes/{name}/{domain}"
+                for z0, z1 in _aligned_ranges(arr.shape[0], arr.chunks[0], cuts):
+                    owners = tuple(s for s, a, b in parts if a <= z0 and z1 <= b)
+                    for y0, y1 in _row_ranges(arr, z1 - z0, max_block_bytes):
+                        blocks.append(Block(key, ((z0, z1), (y0, y1)), domain, owners, name, False))
+        return blocks
+    for split in store.splits:
+        for domain in store.domains(split):
+            arr = store.array(split, domain)
+            item_bytes = int(np.prod(arr.shape[1:])) * arr.dtype.itemsize
+            step = _outer_chunk(arr)[0]
+            per_block = max(1, max_block_bytes // max(1, item_bytes * step)) * step
+            for n0 in range(0, arr.shape[0], per_block):
+                n1 = min(arr.shape[0], n0 + per_block)
+                blocks.append(Block(f"{split}/{domain}", ((n0, n1),), domain, (split,), None, True))
+    return blocks
+
+
+def _outer_chunk(arr: Any) -> tuple[int, ...]:
+    shards = getattr(arr, "shards", None)
+    return tuple(shards) if shards else tuple(arr.chunks)
+
+
+def _aligned_ranges(length: int, step: int, cuts: list[int]) -> Iterator[tuple[int, int]]:
+    edges = sorted({*range(0, length, step), length, *[c for c in cuts if 0 <= c <= length]})
+    for a, b in itertools.pairwise(edges):
+        if b > a:
+            yield a, b
+
+
+def _row_ranges(arr: Any, depth: int, max_block_bytes: int) -> Iterator[tuple[int, int]]:
+    row_bytes = depth * int(np.prod(arr.shape[2:])) * arr.dtype.itemsize
+    step = arr.chunks[1]
+    rows = max(1, max_block_bytes // max(1, row_bytes * step)) * step
+    for y0 in range(0, arr.shape[1], rows):
+        yield y0, min(arr.shape[1], y0 + rows)
+
+
+@dataclass
+class StatsResult:
+    """What :func:`compute_store_stats` returns: the attribute mapping and per-tile arrays."""
+
+    stats: dict[str, Any]
+    per_image: dict[str, np.ndarray]
+    n_blocks: int
+    nbytes: int
+
+
+def compute_store_stats(
+    store: Any,
+    scheduler: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> StatsResult:
+    """Compute all statistics of a store in one pass over its chunks.
+
+    ``store``: a :class:`~stainbench.data.store.TileStore` (complete) or any object with the
+    same API (ingestion passes one over the store it is writing). ``scheduler``: None computes
+    in this process; ``"local"`` starts a local Dask cluster; any other string is the address
+    of a running Dask scheduler (e.g. ``tcp://10.0.0.5:8786``). The numbers are identical in
+    every case. ``progress(done_bytes, total_bytes)`` is called after each block.
+    """
+    blocks = plan_blocks(store)
+    sizes = [_block_bytes(store, b) for b in blocks]
+    total = int(sum(sizes))
+    acc = _Accumulator(store)
+    done = 0
+    for result, size in _iter_results(str(store.path), blocks, sizes, scheduler):
+        acc.add(result)
+        done += size
+        if progress is not None:
+            progress(done, total)
+    return StatsResult(acc.finish(), acc.per_image_arrays(), len(blocks), total)
+
+
+def _block_bytes(store: Any, block: Block) -> int:
+    arr = store.group[block.key]
+    n = 1
+    for a, b in block.index:
+        n *= b - a
+    return n * int(np.prod(arr.shape[len(block.index) :])) * arr.dtype.itemsize
+
+
+def _iter_results(
+    path: str, blocks: list[Block], sizes: list[int], scheduler: str | None
+) -> Iterator[tuple[BlockResult, int]]:
+    if scheduler is None:
+        for block, size in zip(blocks, sizes, strict=True):
+            yield run_block(path, block), size
+        return
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler == "local":
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as exc:
+            raise DataError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+    try:
+        size_of = {i: s for i, s in enumerate(sizes)}
+        futures = [
+            client.submit(_run_indexed, path, b, i, pure=False) for i, b in enumerate(blocks)
+        ]
+        for future in as_completed(futures):
+            index, result = future.result()
+            future.release()
+            yield result, size_of[index]
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _run_indexed(path: str, block: Block, index: int) -> tuple[int, BlockResult]:
+    return index, run_block(path, block)
+
+
+class _Accumulator:
+    """Adds block histograms into per-split/domain, per-volume and per-tile results."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.split_hist: dict[tuple[str, str], np.ndarray] = {}
+        self.volume_hist: dict[tuple[str, str], np.ndarray] = {}
+        self.per_item: dict[str, dict[int, np.ndarray]] = {}
+        self.dtypes: dict[str, str] = {}
+
+    def add(self, r: BlockResult) -> None:
+        b = r.block
+        self.dtypes[b.domain] = self.store.group[b.key].dtype.name
+        for split in b.splits:
+            _add(self.split_hist, (split, b.domain), r.hist)
+        if b.volume is not None:
+            _add(self.volume_hist, (b.volume, b.domain), r.hist)
+        if r.per_item is not None:
+            self.per_item.setdefault(b.key, {})[b.index[0][0]] = r.per_item
+
+    def finish(self) -> dict[str, Any]:
+        splits: dict[str, dict[str, Any]] = {}
+        for (split, domain), hist in sorted(self.split_hist.items()):
+            splits.setdefault(split, {})[domain] = domain_stats(hist, self.dtypes[domain])
+        out: dict[str, Any] = {
+            "schema_version": STATS_SCHEMA_VERSION,
+            "fields": list(FIELDS),
+            "percentiles": list(PERCENTILES),
+            "splits": splits,
+        }
+        if self.per_item:
+            out["per_image"] = {key: f"stats/{key}" for key in sorted(self.per_item)}
+        if self.volume_hist:
+            per_volume: dict[str, dict[str, Any]] = {}
+            for (name, domain), hist in sorted(self.volume_hist.items()):
+                per_volume.setdefault(name, {})[domain] = domain_stats(hist, self.dtypes[domain])
+            out["per_volume"] = per_volume
+        return out
+
+    def per_image_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            key: np.concatenate([parts[k] for k in sorted(parts)], axis=0)
+            for key, parts in self.per_item.items()
+        }
+
+
+def _add(target: dict[tuple[str, str], np.ndarray], key: tuple[str, str], h: np.ndarray) -> None:
+    if key in target:
+        target[key] += h
+    else:
+        target[key] = h.copy()
+
+
+def write_per_image(group: Any, per_image: Mapping[str, np.ndarray]) -> None:
+    """Write per-tile statistics arrays ``stats/<split>/<domain>`` into an open zarr group."""
+    for key, values in per_image.items():
+        arr = group.create_array(
+            f"stats/{key}",
+            shape=values.shape,
+            dtype="float64",
+            chunks=values.shape if values.size else None,
+            overwrite=True,
+        )
+        arr[...] = values
+        arr.attrs["fields"] = list(FIELDS)

@@ -1,0 +1,280 @@
+"""The stainbench data store: one zarr v3 group per data set (see docs/DATA.md).
+
+Layout of a tile store (``kind`` ``"paired"`` or ``"unpaired"``)::
+
+    STORE.zarr/                 root group, attribute "stainbench" (schema, manifest, stats)
+      train/A  train/B          uint8 or uint16 arrays (N, H, W, C), one tile per index
+      val/A    val/B
+      stats/train/A ...         float64 (N, C, 8) per-tile statistics (see stainbench.data.stats)
+
+A volume store (``kind`` ``"volume"``) holds ``volumes/<name>/<domain>`` arrays (Z, Y, X, C)
+and lists in ``manifest["split"]`` which volume (or which z range of it) belongs to which split.
+
+Writers call :func:`create_store` (``complete`` is ``false`` from the first byte on), fill the
+arrays, then :func:`finalize_store`, which writes manifest, hash and stats and only then sets
+``complete`` to ``true``. Readers call :func:`open_store`, which refuses anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stainbench.errors import DataError
+
+if TYPE_CHECKING:
+    import zarr
+
+#: Version of the layout and attributes written by this module.
+SCHEMA_VERSION = 1
+#: Name of the root attribute holding everything stainbench writes.
+ATTR = "stainbench"
+KINDS = ("paired", "unpaired", "volume")
+#: Names that are groups of the store but not splits.
+_RESERVED = ("stats", "volumes")
+
+
+def manifest_hash(manifest: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of ``manifest`` (sorted keys, no spaces)."""
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    """One volume (or one z range of it) in a split.
+
+    ``z`` is the half-open slice range ``[z0, z1)`` of the volume that belongs to the split.
+    """
+
+    name: str
+    z: tuple[int, int]
+
+
+class TileStore:
+    """Read access to a complete store. Create it with :func:`open_store`.
+
+    Arrays are zarr arrays (lazy; indexing reads only the chunks touched), dtype uint8 or
+    uint16, shape ``(N, H, W, C)`` for tiles and ``(Z, Y, X, C)`` for volumes.
+    """
+
+    def __init__(self, path: Path, group: zarr.Group, attrs: Mapping[str, Any]) -> None:
+        self.path = path
+        self.group = group
+        self._attrs = dict(attrs)
+
+    @property
+    def kind(self) -> str:
+        """``"paired"``, ``"unpaired"`` or ``"volume"``."""
+        return str(self._attrs["kind"])
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._attrs["schema_version"])
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """Sources, split, formats, conversions and failures (see docs/DATA.md)."""
+        return dict(self._attrs.get("manifest", {}))
+
+    @property
+    def manifest_hash(self) -> str:
+        """sha256 of the manifest's canonical JSON: the identity of this data set."""
+        return str(self._attrs["manifest_hash"])
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Normalization statistics (``stainbench.data.stats`` layout); empty if not computed."""
+        return dict(self._attrs.get("stats") or {})
+
+    @property
+    def splits(self) -> list[str]:
+        """Split names, ``train`` first, then ``val``, then any others sorted."""
+        if self.kind == "volume":
+            names = list(self.manifest.get("split", {}).get("volumes", {}))
+        else:
+            names = [name for name, _ in self.group.groups() if name not in _RESERVED]
+        order = {"train": 0, "val": 1}
+        return sorted(names, key=lambda n: (order.get(n, 2), n))
+
+    def domains(self, split: str) -> list[str]:
+        """Domain names (``["A", "B"]``) present in ``split``."""
+        self._check_split(split)
+        if self.kind == "volume":
+            refs = self.volumes(split)
+            if not refs:
+                return []
+            return sorted(name for name, _ in self.group[f"volumes/{refs[0].name}"].arrays())
+        return sorted(name for name, _ in self.group[split].arrays())
+
+    def array(self, split: str, domain: str) -> zarr.Array:
+        """The tiles of one domain in one split: zarr array ``(N, H, W, C)``."""
+        self._check_split(split)
+        if self.kind == "volume":
+            raise DataError(
+                f"{self.path}: a volume store has no tile arrays; use volumes(split) and "
+                "volume_array(name, domain)"
+            )
+        if domain not in self.domains(split):
+            raise DataError(
+                f"{self.path}: no domain {domain!r} in split {split!r} "
+                f"(has {', '.join(self.domains(split))})"
+            )
+        return self.group[f"{split}/{domain}"]  # type: ignore[return-value]
+
+    def per_image_stats(self, split: str, domain: str) -> np.ndarray | None:
+        """Per-tile statistics ``(N, C, len(FIELDS))`` float64, or None if not computed."""
+        key = f"stats/{split}/{domain}"
+        try:
+            arr = self.group[key]
+        except KeyError:
+            return None
+        return np.asarray(arr[...])
+
+    def volumes(self, split: str) -> list[VolumeRef]:
+        """The volumes (with their z range) of ``split`` in a volume store."""
+        if self.kind != "volume":
+            raise DataError(f"{self.path}: a {self.kind} store has no volumes")
+        spec = self.manifest.get("split", {}).get("volumes", {}).get(split)
+        if spec is None:
+            raise DataError(f"{self.path}: no split {split!r} (has {', '.join(self.splits)})")
+        return [VolumeRef(str(v["name"]), (int(v["z"][0]), int(v["z"][1]))) for v in spec]
+
+    def volume_array(self, name: str, domain: str) -> zarr.Array:
+        """Volume ``name`` of ``domain``: zarr array ``(Z, Y, X, C)``."""
+        try:
+            return self.group[f"volumes/{name}/{domain}"]  # type: ignore[return-value]
+        except KeyError:
+            raise DataError(f"{self.path}: no volume {name!r} in domain {domain!r}") from None
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise DataError(f"{self.path}: no split {split!r} (has {', '.join(self.splits)})")
+
+
+def read_attrs(path: str | Path) -> dict[str, Any] | None:
+    """The ``stainbench`` attribute of the zarr group at ``path``; None if it has none.
+
+    Reads ``zarr.json`` directly (no zarr import), so it is cheap and works on broken stores.
+    """
+    meta = Path(path) / "zarr.json"
+    if not meta.is_file():
+        return None
+    try:
+        doc = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    attrs = doc.get("attributes", {}) if isinstance(doc, dict) else {}
+    value = attrs.get(ATTR) if isinstance(attrs, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def open_store(path: str | Path) -> TileStore:
+    """Open a complete store for reading.
+
+    Raises :class:`DataError` (one line naming the path) when the path is not a stainbench
+    store, has another schema version, or is incomplete (an ingestion that did not finish).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such store (create one with 'stainbench data ingest' or 'demo')")
+    if not (p / "zarr.json").is_file():
+        raise DataError(f"{p}: not a zarr v3 store (no zarr.json)")
+    attrs = read_attrs(p)
+    if attrs is None:
+        raise DataError(f"{p}: not a stainbench store (no '{ATTR}' attribute)")
+    version = attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DataError(
+            f"{p}: store schema version {version!r}, this stainbench reads {SCHEMA_VERSION}; "
+            "re-ingest the data"
+        )
+    if attrs.get("complete") is not True:
+        raise DataError(
+            f"{p}: incomplete store (its ingestion did not finish); run the ingestion again "
+            "with --force"
+        )
+    if attrs.get("kind") not in KINDS:
+        raise DataError(f"{p}: unknown store kind {attrs.get('kind')!r}")
+    import zarr
+
+    group = zarr.open_group(str(p), mode="r")
+    return TileStore(p, group, attrs)
+
+
+def create_store(path: str | Path, kind: str, force: bool = False) -> zarr.Group:
+    """Create an empty store at ``path`` marked incomplete; returns the zarr group.
+
+    An existing stainbench (or other zarr) store at ``path`` is refused unless ``force``;
+    a non-empty directory that is not a zarr store is always refused (never deleted).
+    """
+    if kind not in KINDS:
+        raise DataError(f"unknown store kind {kind!r} (expected one of {', '.join(KINDS)})")
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            raise DataError(f"{p}: exists and is not a directory; choose another --out")
+        if any(p.iterdir()):
+            if not (p / "zarr.json").is_file():
+                raise DataError(
+                    f"{p}: directory is not empty and not a zarr store; refusing to overwrite it"
+                )
+            if not force:
+                what = "a stainbench store" if read_attrs(p) is not None else "a zarr store"
+                raise DataError(f"{p}: already holds {what}; pass --force to replace it")
+        shutil.rmtree(p)
+    import zarr
+
+    group = zarr.open_group(str(p), mode="w")
+    group.attrs[ATTR] = {"schema_version": SCHEMA_VERSION, "kind": kind, "complete": False}
+    return group
+
+
+def finalize_store(
+    group: zarr.Group,
+    manifest: Mapping[str, Any],
+    stats: Mapping[str, Any] | None,
+) -> str:
+    """Write manifest, its hash and stats, then mark the store complete. Returns the hash."""
+    attrs = dict(group.attrs[ATTR])  # type: ignore[arg-type]
+    digest = manifest_hash(manifest)
+    attrs.update(
+        manifest=dict(manifest), manifest_hash=digest, stats=dict(stats or {}), complete=False
+    )
+    group.attrs[ATTR] = _jsonable(attrs)
+    attrs["complete"] = True
+    group.attrs[ATTR] = _jsonable(attrs)
+    return digest
+
+
+def update_stats(path: str | Path, stats: Mapping[str, Any]) -> None:
+    """Replace the stored statistics of a complete store (``stainbench data stats``)."""
+    store = open_store(path)
+    import zarr
+
+    group = zarr.open_group(str(store.path), mode="r+")
+    attrs = dict(group.attrs[ATTR])  # type: ignore[arg-type]
+    attrs["stats"] = dict(stats)
+    group.attrs[ATTR] = _jsonable(attrs)
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays and tuples into plain JSON types."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value

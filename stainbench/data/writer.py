@@ -1,0 +1,112 @@
+"""Array creation with the store's codecs and chunking conventions (shared by demo and ingest)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from stainbench.errors import DataError
+
+#: Tiles per shard of a tile array: one chunk per tile (a patch reads exactly one chunk),
+#: grouped into shard files so a data set of thousands of tiles is not thousands of files.
+TILES_PER_SHARD = 64
+
+
+def compressor() -> Any:
+    """The compressor of every array: Blosc zstd level 1 (fast; lossless)."""
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")
+
+
+def create_tile_array(
+    group: Any, key: str, n: int, height: int, width: int, channels: int, dtype: Any
+) -> Any:
+    """A ``(n, height, width, channels)`` array chunked one tile per chunk, sharded."""
+    shards = (max(1, min(TILES_PER_SHARD, n)), height, width, channels) if n else None
+    return group.create_array(
+        key,
+        shape=(n, height, width, channels),
+        dtype=np.dtype(dtype),
+        chunks=(1, height, width, channels),
+        shards=shards,
+        compressors=compressor(),
+        fill_value=0,
+    )
+
+
+def create_volume_array(
+    group: Any,
+    key: str,
+    shape: tuple[int, int, int, int],
+    dtype: Any,
+    chunks: tuple[int, int, int, int],
+    shards: tuple[int, int, int, int] | None = None,
+) -> Any:
+    """A ``(Z, Y, X, C)`` volume array with the given chunks (and optional shards)."""
+    return group.create_array(
+        key,
+        shape=shape,
+        dtype=np.dtype(dtype),
+        chunks=chunks,
+        shards=shards,
+        compressors=compressor(),
+        fill_value=0,
+    )
+
+
+def finalize_with_stats(
+    group: Any,
+    path: Any,
+    kind: str,
+    manifest: dict[str, Any],
+    progress: Any = None,
+    scheduler: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Compute statistics over the just-written (still incomplete) store, write the per-tile
+    arrays, then write manifest + stats and mark the store complete.
+
+    Returns ``(manifest_hash, stats)``.
+    """
+    from pathlib import Path
+
+    from stainbench.data.stats import compute_store_stats, write_per_image
+    from stainbench.data.store import SCHEMA_VERSION, TileStore, finalize_store
+
+    view = TileStore(
+        Path(path),
+        group,
+        {"kind": kind, "schema_version": SCHEMA_VERSION, "manifest": manifest},
+    )
+    result = compute_store_stats(view, scheduler=scheduler, progress=progress)
+    write_per_image(group, result.per_image)
+    digest = finalize_store(group, manifest, result.stats)
+    return digest, result.stats
+
+
+def write_tile_store(
+    path: Any,
+    kind: str,
+    tiles: Mapping[str, Mapping[str, np.ndarray]],
+    manifest: Mapping[str, Any],
+    force: bool = False,
+) -> str:
+    """Write in-memory tiles ``{split: {domain: (N, H, W, C) uint8/uint16}}`` as a complete
+    store with statistics (small data sets and tests). Returns the manifest hash."""
+    from stainbench.data.store import create_store
+
+    group = create_store(path, kind, force=force)
+    for split, domains in tiles.items():
+        for domain, values in domains.items():
+            if values.ndim != 4:
+                raise DataError(
+                    f"{split}/{domain}: expected (N, H, W, C) tiles, got {values.shape}"
+                )
+            n, h, w, c = values.shape
+            arr = create_tile_array(group, f"{split}/{domain}", n, h, w, c, values.dtype)
+            for s in range(0, n, TILES_PER_SHARD):
+                arr[s : s + TILES_PER_SHARD] = values[s : s + TILES_PER_SHARD]
+    digest, _ = finalize_with_stats(group, path, kind, dict(manifest))
+    return digest

@@ -1,0 +1,129 @@
+"""Patch datasets on real stores: aligned augmentation, determinism, DataLoader workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from stainbench.data.datasets import PairedPatchDataset, UnpairedPatchDataset
+from stainbench.data.writer import write_tile_store
+from stainbench.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """A paired store whose B is the pixelwise inverse of A (255 - A): alignment is checkable
+    pixel by pixel after any crop/flip/rotation."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (12, 24, 20, 3), dtype=np.uint8)
+    path = tmp_path_factory.mktemp("ds") / "p.zarr"
+    write_tile_store(
+        path, "paired", {"train": {"A": a, "B": 255 - a}, "val": {"A": a[:3], "B": 255 - a[:3]}}, {}
+    )
+    return path, a
+
+
+def _raw(ds: PairedPatchDataset, item: dict[str, torch.Tensor], d: str) -> np.ndarray:
+    return np.rint(ds.normalization[d].inverse(item[d].numpy())).astype(np.int64)
+
+
+def _dihedral(chw: np.ndarray) -> list[np.ndarray]:
+    out = []
+    for flip in (False, True):
+        x = chw[:, :, ::-1] if flip else chw
+        out += [np.rot90(x, k, axes=(1, 2)) for k in range(4)]
+    return out
+
+
+def test_pairs_stay_aligned_pixel_by_pixel(paired) -> None:
+    path, a = paired
+    ds = PairedPatchDataset(path, "train", patch_size=16, normalization="range", seed=1)
+    assert len(ds) == 12 and ds.augment
+    seen_transforms = set()
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["A"].shape == (3, 16, 16) and item["A"].dtype == torch.float32
+        ra, rb = _raw(ds, item, "A"), _raw(ds, item, "B")
+        np.testing.assert_array_equal(rb, 255 - ra)
+        # the A patch is a crop of tile i under one of the 8 flips/rotations
+        tile = np.moveaxis(a[i], -1, 0).astype(np.int64)
+        found = None
+        for t, cand in enumerate(_dihedral(ra)):
+            for y in range(24 - 16 + 1):
+                for x in range(20 - 16 + 1):
+                    if np.array_equal(tile[:, y : y + 16, x : x + 16], cand):
+                        found = t
+        assert found is not None
+        seen_transforms.add(found)
+    assert len(seen_transforms) > 1  # augmentation really flips/rotates
+
+
+def test_items_are_deterministic_per_seed_epoch_index(paired) -> None:
+    path, _ = paired
+    ds1 = PairedPatchDataset(path, "train", 16, seed=5)
+    ds2 = PairedPatchDataset(path, "train", 16, seed=5)
+    assert torch.equal(ds1[3]["A"], ds2[3]["A"])
+    ds2.set_epoch(1)
+    assert any(not torch.equal(ds1[i]["A"], ds2[i]["A"]) for i in range(len(ds1)))
+    ds3 = PairedPatchDataset(path, "train", 16, seed=6)
+    assert any(not torch.equal(ds1[i]["A"], ds3[i]["A"]) for i in range(len(ds1)))
+
+
+def test_val_split_is_centre_crop_without_augmentation(paired) -> None:
+    path, a = paired
+    ds = PairedPatchDataset(path, "val", patch_size=16)
+    assert not ds.augment and len(ds) == 3
+    ra = _raw(ds, ds[2], "A")
+    np.testing.assert_array_equal(ra, np.moveaxis(a[2, 4:20, 2:18], -1, 0))
+
+
+def test_dataloader_workers_give_the_same_batches(paired) -> None:
+    path, _ = paired
+    ds = PairedPatchDataset(path, "train", 16, seed=2)
+    ds.set_epoch(3)
+    ref = [b["A"] for b in DataLoader(ds, batch_size=4, num_workers=0)]
+    got = [b["A"] for b in DataLoader(ds, batch_size=4, num_workers=2)]
+    assert all(torch.equal(x, y) for x, y in zip(ref, got, strict=True))
+
+
+def test_zscore_and_percentile_normalization(paired) -> None:
+    path, a = paired
+    z = PairedPatchDataset(path, "train", None, normalization="zscore", augment=False)
+    x = torch.stack([z[i]["A"] for i in range(len(z))])
+    assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
+    p = PairedPatchDataset(path, "train", None, normalization="percentile", augment=False)
+    item = p[0]["A"].numpy()
+    tile = np.moveaxis(a[0], -1, 0).astype(np.float64)
+    for c in range(3):
+        lo, hi = np.percentile(tile[c], [1, 99])
+        centre = tile[c, 2:22, :]  # patch_size None: the largest centred square (20x20)
+        expected = (centre - (lo + hi) / 2) / ((hi - lo) / 2)
+        np.testing.assert_allclose(item[c], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unpaired_dataset_draws_independent_sides(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (3, 20, 18, 3), dtype=np.uint8)
+    path = tmp_path / "u.zarr"
+    write_tile_store(path, "unpaired", {"train": {"A": a, "B": b}}, {})
+    ds = UnpairedPatchDataset(path, "train", patch_size=12, seed=0)
+    assert len(ds) == 7
+    items = [ds[i] for i in range(7)]
+    assert all(it["B"].shape == (3, 12, 12) for it in items)
+    with pytest.raises(DataError, match="PairedPatchDataset needs a paired store"):
+        PairedPatchDataset(path, "train", 12)
+
+
+def test_bad_dataset_arguments(paired) -> None:
+    path, _ = paired
+    with pytest.raises(DataError, match="patch size 32 is larger than the tiles"):
+        PairedPatchDataset(path, "train", 32)
+    with pytest.raises(DataError, match="no split 'test'"):
+        PairedPatchDataset(path, "test", 8)
+    with pytest.raises(DataError, match="unknown normalization mode"):
+        PairedPatchDataset(path, "train", 8, normalization="minmax")
