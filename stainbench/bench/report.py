@@ -354,36 +354,60 @@ def best_indices(rows: list[list[Cell]], better: list[bool | None]) -> dict[int,
     return out
 
 
+def _rich_cell(cell: Cell, is_best: bool) -> str:
+    """Rich markup of a cell: an interval goes on a second, dim line; the best gets ★."""
+    head, sep, tail = cell.text.partition(" [")
+    head = head.replace("[", "\\[")
+    if is_best:
+        head = f"[bold green]{head} ★[/]"
+    elif cell.text.startswith("MISMATCH"):
+        head = f"[bold red]{head}[/]"
+    if sep:  # "[lo, hi]" -> "lo–hi" keeps the column narrow
+        interval, _, rest = tail.partition("]")
+        low, _, high = interval.partition(", ")
+        head += f"\n[dim]{low}–{high}[/]{rest}"
+    return head
+
+
 def render_table(result: CompareResult, console: Any) -> None:
-    """Print the main table with rich; the best value of each column is bold green with ★."""
+    """Print the results with rich: a quality table and a latency/parity table.
+
+    Means carry their bootstrap interval on a second line; the best value of each column is
+    bold green with ★.
+    """
     from rich.table import Table
 
     header, rows, better = table_rows(result)
     best = best_indices(rows, better)
+    fidelity = {METRIC_LABELS[m] for m in ("ssim", "psnr", "mae")}
+    colour = {METRIC_LABELS[m] for m in ("hist_kl", "stain_pearson", "stain_dice")}
+    fid_cols = [i for i, h in enumerate(header) if h in fidelity or h.startswith("Δ")]
+    colour_cols = [i for i, h in enumerate(header) if h in colour]
+    other_cols = [i for i in range(1, len(header)) if i not in fid_cols + colour_cols]
     title = "stainbench compare"
     if not result.complete:
         title += f" — INCOMPLETE: {result.incomplete_reason}"
-    table = Table(title=title, show_lines=False)
-    for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
-    for ri, row in enumerate(rows):
-        cells = []
-        for ci, cell in enumerate(row):
-            text = cell.text.replace("[", "\\[")
-            if ri in best.get(ci, set()):
-                text = f"[bold green]{text} ★[/]"
-            elif cell.text.startswith("MISMATCH"):
-                text = f"[bold red]{text}[/]"
-            cells.append(text)
-        table.add_row(*cells)
-    console.print(table)
+    groups = [
+        ("pixel fidelity", fid_cols),
+        ("colour and stain", colour_cols),
+        ("latency and parity", other_cols),
+    ]
+    for k, (name, cols) in enumerate(g for g in groups if g[1]):
+        table = Table(title=f"{title}: {name}" if k == 0 else name, title_justify="left")
+        table.add_column("model", no_wrap=True)
+        for i in cols:
+            table.add_column(header[i], justify="right")
+        for ri, row in enumerate(rows):
+            cells = [row[0].text] + [_rich_cell(row[i], ri in best.get(i, set())) for i in cols]
+            table.add_row(*cells)
+        console.print(table)
     q = result.quality
     if q is not None:
         console.print(
-            f"means over {len(result.tile_names)} val tiles with {q.confidence:.0%} bootstrap "
-            f"intervals (percentile, {q.n_boot} resamples, seed {q.seed}); ★ best per column"
+            f"means over {len(result.tile_names)} val tiles; second line: {q.confidence:.0%} "
+            f"bootstrap interval (percentile, {q.n_boot} resamples, seed {q.seed}); ★ best"
             + (
-                f"; Δ is relative to {q.baseline}, paired bootstrap, (ns): interval includes 0"
+                f"; Δ: relative to {q.baseline}, paired bootstrap, (ns): interval includes 0"
                 if q.baseline
                 else ""
             ),

@@ -248,3 +248,57 @@ def test_compare_ctrl_c_keeps_partial_results(val_dir: Path, server, tmp_path: P
         "far": 2,
     }
     assert "INCOMPLETE" in (tmp_path / "cc" / "report.md").read_text()
+
+
+def test_cli_compare(repo: Path, val_dir: Path, server, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from stainbench.cli.main import main
+
+    out = tmp_path / "cli"
+    code = main(
+        [
+            "compare",
+            "--val-set",
+            str(val_dir),
+            "--url",
+            server.grpc_url,
+            "--repo",
+            str(repo),
+            "--models",
+            "close,far",
+            "--concurrency",
+            "0",
+            "--baseline",
+            "identity",
+            "--out",
+            str(out),
+            "--n-boot",
+            "200",
+            "--max-tiles",
+            "4",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "close" in captured.out and "★" in captured.out and "Δ SSIM vs identity" in captured.out
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["complete"] and doc["val_set"]["n_tiles"] == 4
+    assert doc["parity"]["close"]["ok"] is True  # --repo with --url finds model.onnx
+
+    code = main(
+        [
+            "compare",
+            "--val-set",
+            str(val_dir),
+            "--url",
+            "http://127.0.0.1:9",
+            "--concurrency",
+            "0",
+            "--out",
+            str(tmp_path / "down"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "cannot reach the Triton server" in err and len(err.strip().splitlines()) == 1
+    code = main(["compare", "--val-set", str(val_dir), "--concurrency", "1,x"])
+    assert code == 2 and "--concurrency takes integers" in capsys.readouterr().err
