@@ -57,7 +57,27 @@ def affine_from_normalization(norm: Any, where: str = "normalization") -> tuple[
     return np.asarray(norm.offset, np.float32), np.asarray(norm.scale, np.float32)
 
 
-class TileTranslator(nn.Module):
+class TileModule(nn.Module):
+    """Base of every exportable tile model: uint8 ``(B, H, W, 3)`` in, two outputs.
+
+    ``forward(x)`` returns ``(y_uint8, y_float)``: uint8 ``(B, H, W, 3)`` and the float32
+    ``(B, 3, H, W)`` tile in pixel units before rounding (what the parity gate compares).
+    ``size_multiple``: H and W must be multiples of it.
+    """
+
+    def __init__(self, size_multiple: int = 1) -> None:
+        super().__init__()
+        self.size_multiple = int(size_multiple)
+
+    @torch.no_grad()
+    def translate(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run on a numpy uint8 ``(B, H, W, 3)`` batch: ``(uint8 BHW3, float32 B3HW)``."""
+        check_tiles(tiles, self.size_multiple, "PyTorch model")
+        y8, y = self(torch.from_numpy(np.ascontiguousarray(tiles)))
+        return y8.numpy(), y.numpy()
+
+
+class TileTranslator(TileModule):
     """uint8 RGB tiles in, uint8 RGB tiles out, around a generator.
 
     ``forward(x)``: ``x`` uint8 ``(B, H, W, 3)``; returns ``(y_uint8, y_float)`` with
@@ -75,9 +95,8 @@ class TileTranslator(nn.Module):
         out_scale: np.ndarray,
         size_multiple: int = 1,
     ) -> None:
-        super().__init__()
+        super().__init__(size_multiple)
         self.generator = generator
-        self.size_multiple = int(size_multiple)
 
         def buf(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.asarray(a, dtype=np.float32)).reshape(1, 3, 1, 1)
@@ -92,13 +111,6 @@ class TileTranslator(nn.Module):
         y = self.generator(z) * self.out_scale + self.out_offset
         y8 = torch.clamp(torch.round(y), 0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)
         return y8, y
-
-    @torch.no_grad()
-    def translate(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run on a numpy uint8 ``(B, H, W, 3)`` batch: ``(uint8 BHW3, float32 B3HW)``."""
-        check_tiles(tiles, self.size_multiple, "PyTorch model")
-        y8, y = self(torch.from_numpy(np.ascontiguousarray(tiles)))
-        return y8.numpy(), y.numpy()
 
 
 def make_translator(
@@ -140,7 +152,7 @@ class OnnxFiles:
 
 
 def export_onnx(
-    translator: TileTranslator,
+    translator: TileModule,
     out_dir: str | Path,
     *,
     opset: int = 17,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from stainbench.errors import ExportError
-from stainbench.export.onnx import OnnxTileModel, TileTranslator
+from stainbench.export.onnx import OnnxTileModel, TileModule
 from stainbench.export.profile import ParitySettings
 
 
@@ -70,7 +70,7 @@ def random_tiles(n: int, tile: int, seed: int) -> np.ndarray:
 
 
 def run_parity_gate(
-    translator: TileTranslator,
+    translator: TileModule,
     parity_model: OnnxTileModel,
     val: np.ndarray | None,
     settings: ParitySettings,
