@@ -266,18 +266,49 @@ def measure_latency(
     tiles: np.ndarray,
     concurrency: Sequence[int],
     settings: dict[str, Any],
-) -> tuple[list[dict[str, Any]], dict[int, list[float]]]:
-    """Latency rows (one per concurrency) and raw per-request latencies (ms) for one model."""
+    *,
+    server_pid: int | None = None,
+    on_point: Callable[[], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[int, list[float]], list[str]]:
+    """Latency rows (one per concurrency), raw latencies (ms) and warnings for one model.
+
+    Uses :func:`stainbench.bench.latency.measure_latency` (perf_analyzer's method); each row
+    holds the flat columns of :func:`~stainbench.bench.latency.points_table` plus
+    ``throughput`` (tiles/s) and the full point (windows, server split) under ``detail``.
+    """
     from stainbench.bench import latency as engine
 
+    known = set(engine.LatencySettings.__dataclass_fields__) - {"concurrency"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise BenchmarkError(
+            f"unknown latency settings {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     rows: list[dict[str, Any]] = []
     samples: dict[int, list[float]] = {}
+    warnings: list[str] = []
     for c in concurrency:
-        point = engine.measure(url, plan.name, tiles, concurrency=c, protocol=protocol, **settings)
-        row = {"model": plan.name, "concurrency": c, **point.summary()}
+        try:
+            point_settings = engine.LatencySettings(concurrency=int(c), **settings)
+        except (TypeError, ValueError) as exc:
+            raise BenchmarkError(f"invalid latency settings: {exc}") from None
+        point = engine.measure_latency(
+            url,
+            plan.name,
+            tiles,
+            point_settings,
+            protocol=protocol,  # type: ignore[arg-type]
+            server_pid=server_pid,
+        )
+        row = dict(engine.points_table([point])[0])
+        row["throughput"] = row["tiles_per_s"]
+        row["detail"] = point.to_dict()
         rows.append(row)
-        samples[c] = [float(x) for x in point.latencies_ms]
-    return rows, samples
+        samples[int(c)] = [float(x) for x in point.samples_ms]
+        warnings += [f"{plan.name} c={c}: {w}" for w in point.warnings]
+        if on_point:
+            on_point()
+    return rows, samples, warnings
 
 
 def run_compare(options: CompareOptions, progress: Progress | None = None) -> CompareResult:
@@ -350,15 +381,29 @@ def run_compare(options: CompareOptions, progress: Progress | None = None) -> Co
                     phase = "measuring latency"
                     tiles = _latency_tiles(valset)
                     total = len(plans) * len(options.concurrency)
-                    for i, p in enumerate(plans):
+                    done = 0
+
+                    def _tick() -> None:
+                        nonlocal done
+                        done += 1
+                        if progress:
+                            progress("latency", done, total)
+
+                    for p in plans:
                         phase = f"measuring latency of {p.name}"
-                        rows, samples = measure_latency(
-                            url, options.protocol, p, tiles, options.concurrency, options.latency
+                        rows, samples, warns = measure_latency(
+                            url,
+                            options.protocol,
+                            p,
+                            tiles,
+                            options.concurrency,
+                            options.latency,
+                            server_pid=server.pid if server is not None else None,
+                            on_point=_tick,
                         )
                         result.latency += rows
                         result.latency_samples[p.name] = samples
-                        if progress:
-                            progress("latency", (i + 1) * len(options.concurrency), total)
+                        result.warnings += warns
     except KeyboardInterrupt:
         result.mark_incomplete(f"interrupted (Ctrl-C) while {phase}")
         _finish(result, acc, options)

@@ -440,7 +440,9 @@ def _latency_markdown(result: CompareResult) -> str:
         ("server_compute_input_ms", "in"),
         ("server_compute_infer_ms", "infer"),
         ("server_compute_output_ms", "out"),
-        ("client_cpu_percent", "client CPU %"),
+        ("server_batch", "batch"),
+        ("client_cpu", "client CPU (cores)"),
+        ("server_cpu", "server CPU (cores)"),
         ("stable", "stable"),
     ]
     present = [(k, label) for k, label in cols if any(k in r for r in result.latency)]
@@ -452,7 +454,7 @@ def _latency_markdown(result: CompareResult) -> str:
         cells = []
         for k, _ in present:
             v = r.get(k, "")
-            cells.append(f"{v:.2f}" if isinstance(v, float) else str(v))
+            cells.append(f"{v:.2f}" if isinstance(v, float) else "-" if v is None else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -38,6 +38,7 @@ def _int_list(text: str, option: str) -> list[int]:
 
 
 def compare(
+    ctx: typer.Context,
     val_set: Annotated[
         Path,
         typer.Option(
@@ -105,12 +106,14 @@ def compare(
         float | None,
         typer.Option(min=0.1, help="Latency measurement window in seconds (engine default)."),
     ] = None,
+    max_windows: Annotated[
+        int | None,
+        typer.Option(min=3, help="Most latency windows per point before it is reported unstable."),
+    ] = None,
     server_timeout: Annotated[
         float, typer.Option(min=1, help="Seconds to wait for the server and for each request.")
     ] = 180.0,
 ) -> None:
-    import sys
-
     from stainbench.bench.compare import CompareOptions, run_compare
     from stainbench.bench.report import render_table
 
@@ -124,6 +127,8 @@ def compare(
     latency: dict[str, Any] = {}
     if window is not None:
         latency["window_s"] = window
+    if max_windows is not None:
+        latency["max_windows"] = max_windows
     options = CompareOptions(
         val_set=val_set,
         url=url,
@@ -142,7 +147,7 @@ def compare(
         parity_tiles=parity_tiles,
         server_timeout=server_timeout,
         latency=latency,
-        command="stainbench " + " ".join(sys.argv[1:]),
+        command=_command_line(ctx),
     )
     progress, finish = _progress()
     try:
@@ -155,6 +160,15 @@ def compare(
         finish()
     render_table(result, out_console)
     out_console.print(f"report: {out / 'report.md'} · {out / 'results.json'}", highlight=False)
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The command as parsed (every option that was given a value), for the report."""
+    parts = ["stainbench compare"]
+    for name, value in ctx.params.items():
+        if value is not None:
+            parts.append(f"--{name.replace('_', '-')} {value}")
+    return " ".join(parts)
 
 
 def _progress() -> tuple[Any, Any]:

@@ -266,7 +266,11 @@ def test_cli_compare(repo: Path, val_dir: Path, server, tmp_path: Path, capsys) 
             "--models",
             "close,far",
             "--concurrency",
-            "0",
+            "1,2",
+            "--window",
+            "0.3",
+            "--max-windows",
+            "4",
             "--baseline",
             "identity",
             "--out",
@@ -283,6 +287,15 @@ def test_cli_compare(repo: Path, val_dir: Path, server, tmp_path: Path, capsys) 
     doc = json.loads((out / "results.json").read_text())
     assert doc["complete"] and doc["val_set"]["n_tiles"] == 4
     assert doc["parity"]["close"]["ok"] is True  # --repo with --url finds model.onnx
+    lat = {(r["model"], r["concurrency"]): r for r in doc["latency"]}
+    assert set(lat) == {("close", 1), ("close", 2), ("far", 1), ("far", 2)}
+    for row in lat.values():
+        assert row["throughput"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["detail"]["latency_ms"]["count"] >= 3
+    assert {"latency_cdf.png", "throughput.png", "quality_vs_latency.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert "p50 ms" in captured.out
 
     code = main(
         [

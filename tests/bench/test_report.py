@@ -48,7 +48,7 @@ def _result(n: int = 5) -> CompareResult:
                     "p99_ms": base * 1.6,
                     "stable": True,
                     "server_queue_ms": 0.1,
-                    "client_cpu_percent": 12.5,
+                    "client_cpu": 0.12,
                 }
             )
     samples = {
