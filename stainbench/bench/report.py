@@ -325,8 +325,8 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[Cell]], list
                 row.append(Cell(text, v))
         if result.parity:
             p = result.parity.get(model)
-            if p is None:
-                row.append(Cell("-" if model != IDENTITY else "n/a"))
+            if p is None or p.get("ok") is None:
+                row.append(Cell("n/a"))
             elif p.get("ok"):
                 row.append(Cell(f"ok (max {p.get('max_abs_diff', 0)})"))
             else:
@@ -508,7 +508,8 @@ def write_markdown(result: CompareResult, path: Path, plots: Sequence[str]) -> N
     if result.parity:
         parts += ["## Served vs local parity", ""]
         for m, p in result.parity.items():
-            state = "ok" if p.get("ok") else "**MISMATCH**"
+            ok = p.get("ok")
+            state = "not checked" if ok is None else "ok" if ok else "**MISMATCH**"
             parts.append(f"- `{m}`: {state}: {p.get('detail', '')}")
         parts.append("")
     if result.warnings:

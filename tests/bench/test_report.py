@@ -58,7 +58,7 @@ def _result(n: int = 5) -> CompareResult:
     return CompareResult(
         settings={"url": "grpc://127.0.0.1:1", "protocol": "grpc", "command": "test"},
         valset={"source": "synthetic", "n_tiles": n, "tile_sizes": ["32x32"]},
-        models={"unet_a": {"family": "unet"}, "gan_b": {"family": "cyclegan"}},
+        models={"unet_a": {"family": "unet"}, "gan_b": {"family": "cyclegan"}, "macenko": {}},
         quality=acc.summarize(baseline="unet_a", n_boot=200, seed=0),
         per_tile=acc.rows(),
         tile_names=[f"t{i}" for i in range(n)],
@@ -67,6 +67,7 @@ def _result(n: int = 5) -> CompareResult:
         parity={
             "unet_a": {"ok": True, "max_abs_diff": 0, "detail": "identical"},
             "gan_b": {"ok": False, "max_abs_diff": 7, "detail": "7 grey levels"},
+            "macenko": {"ok": None, "detail": "n/a: no model.onnx in the repository"},
         },
         examples=ExampleTiles(
             names=["t0", "t1"],
@@ -136,7 +137,7 @@ def test_table_marks_best_per_column() -> None:
     result = _result()
     header, rows, better = table_rows(result)
     assert header[0] == "model" and "SSIM" in header and "parity" in header
-    assert [r[0].text for r in rows] == [IDENTITY, "unet_a", "gan_b"]
+    assert [r[0].text for r in rows] == [IDENTITY, "unet_a", "gan_b", "macenko"]
     best = best_indices(rows, better)
     ssim_col, mae_col = header.index("SSIM"), header.index("MAE")
     p50_col = header.index("p50 ms (c=1)")
@@ -146,6 +147,8 @@ def test_table_marks_best_per_column() -> None:
     render_table(result, console)
     text = console.export_text()
     assert "★" in text and "MISMATCH" in text and "gan_b" in text
+    # a model without model.onnx is "n/a", not a mismatch
+    assert [r[-1].text for r in rows] == ["n/a", "ok (max 0)", "MISMATCH (max 7)", "n/a"]
 
 
 def test_pareto_front() -> None:
