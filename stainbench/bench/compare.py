@@ -221,7 +221,9 @@ def run_local(session: Any, tiles: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {name: np.ascontiguousarray(tiles)})[0])
 
 
-def check_parity(client: Any, plan: ModelPlan, inputs: np.ndarray) -> dict[str, Any]:
+def check_parity(
+    client: Any, plan: ModelPlan, inputs: np.ndarray, *, repo_known: bool = True
+) -> dict[str, Any]:
     """Served vs in-process output of ``plan`` on ``inputs`` (uint8 ``(k, H, W, 3)``).
 
     Same batch composition (all ``k`` tiles in one request, locally as one batch) must be
@@ -229,7 +231,8 @@ def check_parity(client: Any, plan: ModelPlan, inputs: np.ndarray) -> dict[str, 
     level (batch-dependent kernels).
     """
     if plan.onnx_path is None:
-        return {"ok": None, "detail": "n/a: no model.onnx in the repository (pass --repo)"}
+        where = "in the repository" if repo_known else "(pass --repo to check it)"
+        return {"ok": None, "detail": f"not checked: no model.onnx {where}"}
     session = local_session(plan)
     k = min(len(inputs), plan.max_batch_size)
     batch = inputs[:k]
@@ -368,7 +371,9 @@ def run_compare(options: CompareOptions, progress: Progress | None = None) -> Co
                     first = valset.batches(options.parity_tiles)[0]
                     inputs = valset.get(first)[0]
                     for i, p in enumerate(plans):
-                        result.parity[p.name] = check_parity(client, p, inputs)
+                        result.parity[p.name] = check_parity(
+                            client, p, inputs, repo_known=repo is not None
+                        )
                         if result.parity[p.name].get("ok") is False:
                             result.warnings.append(
                                 f"served output of {p.name} differs from in-process ONNX "

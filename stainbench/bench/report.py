@@ -565,13 +565,23 @@ def plot_quality_vs_latency(result: CompareResult, path: Path, metric: str = "ss
     ax.plot(
         [xs[i] for i in front],
         [ys[i] for i in front],
-        "--",
+        "--o",
         color="tab:orange",
-        label="Pareto front",
+        markerfacecolor="none",
+        markersize=12,
+        drawstyle="steps-post",
+        label="Pareto front (no model faster and better)",
     )
+    lows = [y - e[0] for y, e in zip(ys, errs, strict=True)]
+    highs = [y + e[1] for y, e in zip(ys, errs, strict=True)]
     if q.summary.get(IDENTITY) is not None:
         ident = q.summary[IDENTITY].mean[metric].value
-        ax.axhline(ident, color="grey", lw=0.8, ls=":", label="identity (no model)")
+        ax.axhline(ident, color="grey", lw=1.0, ls=":", label=f"identity (no model): {ident:.3g}")
+        lows.append(ident)
+        highs.append(ident)
+    lo, hi = min(lows), max(highs)
+    pad = 0.08 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-3)
+    ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("p50 latency per tile, concurrency 1 (ms)")
     ax.set_ylabel(f"mean {METRIC_LABELS[metric]} (95% CI)")
     ax.set_title("Quality vs latency (up and left is better)")
