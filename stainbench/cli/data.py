@@ -187,3 +187,106 @@ def _render_info(info: StoreInfo) -> None:
         out_console.print(table)
     else:
         out_console.print("failures: none")
+
+
+def _triple(value: str | None, option: str) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    try:
+        parts = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected Z,Y,X integers, got {value!r}", param_hint=option
+        ) from None
+    if len(parts) != 3:
+        raise typer.BadParameter(f"expected 3 values Z,Y,X, got {value!r}", param_hint=option)
+    return parts  # type: ignore[return-value]
+
+
+@data_app.command("ingest")
+def ingest(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Input folder: A/ and B/ (paired, unpaired, volume), AB images (aligned), "
+            "or one volume file/zarr (volume)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Store to write (STORE.zarr).")],
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="paired: A/ and B/ matched by file name; aligned: side-by-side AB images split "
+            "at half width; unpaired: A/ and B/ of any sizes; volume: multi-page TIFF, zarr or "
+            "OME-Zarr volumes in A/ (and B/), or one volume."
+        ),
+    ] = "paired",
+    val_fraction: Annotated[
+        float, typer.Option(help="Fraction of inputs (or of rows / z slices) for validation.")
+    ] = 0.1,
+    split_by: Annotated[
+        str,
+        typer.Option(
+            help="file: whole files/volumes go to one split (seeded); region: the bottom rows "
+            "of each image (last z slices of each volume) are validation; auto: file when "
+            "every domain has >= 2 inputs, else region."
+        ),
+    ] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the train/val split.")] = 0,
+    tile: Annotated[
+        int | None,
+        typer.Option(help="Cut images into non-overlapping N x N tiles (edges dropped)."),
+    ] = None,
+    chunks: Annotated[
+        str | None,
+        typer.Option(help="Volume chunk shape Z,Y,X (default 8,256,256, clipped to the volume)."),
+    ] = None,
+    shards: Annotated[
+        str | None,
+        typer.Option(
+            help="Volume shard shape Z,Y,X (multiples of --chunks): many chunks in one file."
+        ),
+    ] = None,
+    on_error: Annotated[
+        str,
+        typer.Option(
+            help="fail: stop at the first bad input; skip: skip it and list it in the manifest."
+        ),
+    ] = "fail",
+    force: Annotated[bool, typer.Option(help="Replace an existing store at --out.")] = False,
+) -> None:
+    """Ingest image folders or volumes into a chunked, compressed zarr store with a manifest
+    and normalization statistics."""
+    from stainbench.data.ingest import IngestOptions
+    from stainbench.data.ingest import ingest as run_ingest
+
+    options = IngestOptions(
+        layout=layout,
+        val_fraction=val_fraction,
+        seed=seed,
+        on_error=on_error,
+        split_by=split_by,
+        tile=tile,
+        chunks=_triple(chunks, "--chunks"),
+        shards=_triple(shards, "--shards"),
+        force=force,
+    )
+    with _progress() as update:
+        result = run_ingest(source, out, options, progress=update)
+    from rich.table import Table
+
+    table = Table(title=f"{result.path} ({result.kind}, {result.seconds:.1f} s)")
+    table.add_column("split")
+    for d in sorted({d for c in result.counts.values() for d in c}):
+        table.add_column(d, justify="right")
+    for split, counts in result.counts.items():
+        table.add_row(split, *(str(v) for v in counts.values()))
+    out_console.print(table)
+    out_console.print(
+        f"split by {result.split_method}; {result.sources} source file(s); "
+        f"{len(result.conversions)} conversion(s); manifest sha256 {result.manifest_hash}"
+    )
+    if result.failures:
+        out_console.print(f"[yellow]{len(result.failures)} input(s) skipped[/]:")
+        for f in result.failures:
+            out_console.print(f"  {f['path']}: {f['reason']}", highlight=False)
