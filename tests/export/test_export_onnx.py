@@ -174,3 +174,33 @@ def test_bad_checkpoints(tmp_path: Path, checkpoint_factory) -> None:
     with pytest.raises(ExportError, match="invalid"):
         export_checkpoint(ckpt, tmp_path / "repo", SMALL, name="a/b")
     assert not (tmp_path / "repo").exists()
+
+
+def test_onnxruntime_flavour_layout_and_static_check(tmp_path: Path, checkpoint_factory) -> None:
+    from stainbench.export.check import check_repository
+
+    ckpt = checkpoint_factory("pix2pix")
+    prof = ExportProfile(
+        flavour="onnxruntime",
+        triton=TritonSettings(warmup_tile=16, instance_kind="KIND_CPU"),
+        parity=ParitySettings(tile=16),
+    )
+    result = export_checkpoint(ckpt, tmp_path / "repo", prof)
+    names = sorted(p.name for p in result.version_dir.iterdir())
+    assert names == ["export_manifest.json", "model.onnx"]
+    cfg = (result.model_dir / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in cfg and 'default_model_filename: "model.onnx"' in cfg
+    report = check_repository(tmp_path / "repo")  # no python-backend model: no server needed
+    assert [(m.name, m.status) for m in report.models] == [("pix2pix_demo", "static-only")]
+    assert report.ok and "official Triton container" in report.models[0].reason
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_gives_the_same_graph_behaviour(tmp_path: Path) -> None:
+    tr = _translator("resnet")
+    files = export_onnx(tr, tmp_path, exporter="dynamo")
+    assert not list(tmp_path.glob("*.data"))
+    model = OnnxTileModel(files.model)
+    x = np.random.default_rng(3).integers(0, 256, (3, 24, 20, 3), dtype=np.uint8)
+    assert np.abs(model.run(x).astype(int) - tr.translate(x)[0]).max() <= 1
+    assert run_parity_gate(tr, OnnxTileModel(files.parity), None, ParitySettings(tile=16)).passed
