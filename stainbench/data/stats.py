@@ -297,6 +297,7 @@ def _iter_results(
         )
         client = Client(cluster)
     else:
+        _check_reachable(scheduler)
         try:
             client = Client(scheduler, timeout="10s")
         except OSError as exc:
@@ -314,6 +315,21 @@ def _iter_results(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast (one line) when a ``tcp://host:port`` scheduler refuses connections."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if parsed.scheme != "tcp" or parsed.hostname is None or parsed.port is None:
+        return
+    try:
+        socket.create_connection((parsed.hostname, parsed.port), timeout=5).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise DataError(f"cannot reach the Dask scheduler at {address}: {reason}") from None
 
 
 def _run_indexed(path: str, block: Block, index: int) -> tuple[int, BlockResult]:
@@ -385,3 +401,25 @@ def write_per_image(group: Any, per_image: Mapping[str, np.ndarray]) -> None:
         )
         arr[...] = values
         arr.attrs["fields"] = list(FIELDS)
+
+
+def recompute_store_stats(
+    path: Any,
+    scheduler: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> StatsResult:
+    """Recompute and store the statistics of the complete store at ``path``.
+
+    Replaces ``stats`` in the store's attributes and the per-tile arrays; the manifest (and
+    its hash) are unchanged. ``scheduler`` as in :func:`compute_store_stats`.
+    """
+    import zarr
+
+    from stainbench.data.store import open_store, update_stats
+
+    store = open_store(path)
+    result = compute_store_stats(store, scheduler=scheduler, progress=progress)
+    group = zarr.open_group(str(store.path), mode="r+")
+    write_per_image(group, result.per_image)
+    update_stats(store.path, result.stats)
+    return result
