@@ -212,3 +212,10 @@ class UnpairedPatchDataset(_StoreDataset):
             "A": self._read("A", ia, pa, self.patch_size),
             "B": self._read("B", ib, pb, self.patch_size),
         }
+
+
+# Volume patches live in their own module; re-exported here so that every dataset comes from
+# ``stainbench.data.datasets``.
+from stainbench.data.volume_dataset import VolumePatchDataset  # noqa: E402
+
+__all__ = ["PairedPatchDataset", "UnpairedPatchDataset", "VolumePatchDataset"]

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from stainbench.cli.main import main
-from stainbench.data.datasets import PairedPatchDataset, UnpairedPatchDataset
+from stainbench.data.datasets import (
+    PairedPatchDataset,
+    UnpairedPatchDataset,
+    VolumePatchDataset,
+)
 from stainbench.data.demo import load_source, make_demo_store, regions, render_stains
 from stainbench.data.store import open_store
 from stainbench.errors import DataError
@@ -81,6 +85,8 @@ def test_unpaired_and_volume_variants(demo) -> None:
         expected = render_stains(window, h_only=False, factor=0.75 + 0.5 * z / 31)
         np.testing.assert_array_equal(arr[z], expected)
     assert "per_volume" in vol.stats
+    stack = VolumePatchDataset(demo.volume, "train", 64, mode="2.5d", depth=3, samples_per_epoch=2)
+    assert stack[0]["A"].shape == (9, 64, 64) and stack[0]["B"].shape == (3, 64, 64)
 
 
 def test_datasets_work_on_the_demo_store(demo) -> None:
