@@ -53,6 +53,9 @@ _FMT: dict[str, str] = {
     "stain_pearson": "{:.3f}",
     "stain_dice": "{:.3f}",
 }
+#: Metrics whose relative difference to the baseline is shown in the tables (all are in
+#: results.json).
+DELTA_METRICS: tuple[str, ...] = ("ssim", "stain_dice")
 #: Latency columns (row key -> (label, larger is better)).
 LATENCY_COLUMNS: dict[str, tuple[str, bool]] = {
     "p50_ms": ("p50 ms", False),
@@ -141,6 +144,10 @@ class CompareResult:
             "models": self.models,
             "quality": self.quality.to_dict() if self.quality is not None else None,
             "latency": self.latency,
+            "latency_samples_ms": {
+                m: {str(c): [round(float(v), 4) for v in xs] for c, xs in by_c.items()}
+                for m, by_c in self.latency_samples.items()
+            },
             "parity": self.parity,
             "warnings": self.warnings,
             "tile_names": self.tile_names,
@@ -269,8 +276,9 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[Cell]], list
             header.append(METRIC_LABELS[m])
             better.append(METRICS[m])
         if q.baseline:
-            header.append(f"Δ SSIM vs {q.baseline}")
-            better.append(True)
+            for m in DELTA_METRICS:
+                header.append(f"Δ {METRIC_LABELS[m]} vs {q.baseline}")
+                better.append(METRICS[m])
     has_latency = bool(result.latency)
     if has_latency:
         for _key, (label, larger) in LATENCY_COLUMNS.items():
@@ -297,16 +305,14 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[Cell]], list
                     )
                 )
             if q.baseline:
-                rel = summ.vs_baseline.get("ssim") if summ is not None else None
-                if rel is None or rel.n == 0:
-                    row.append(Cell("-" if model != q.baseline else "baseline"))
-                else:
+                for m in DELTA_METRICS:
+                    rel = summ.vs_baseline.get(m) if summ is not None else None
+                    if rel is None or rel.n == 0:
+                        row.append(Cell("-" if model != q.baseline else "baseline"))
+                        continue
                     sig = "" if rel.excludes(0.0) else " (ns)"
                     row.append(
-                        Cell(
-                            f"{rel.value:+.1%} [{rel.low:+.1%}, {rel.high:+.1%}]{sig}",
-                            rel.value,
-                        )
+                        Cell(f"{rel.value:+.1%} [{rel.low:+.1%}, {rel.high:+.1%}]{sig}", rel.value)
                     )
         if has_latency:
             c1 = result.latency_at(model, 1) or _lowest_concurrency(result, model)
@@ -381,8 +387,13 @@ def render_table(result: CompareResult, console: Any) -> None:
     best = best_indices(rows, better)
     fidelity = {METRIC_LABELS[m] for m in ("ssim", "psnr", "mae")}
     colour = {METRIC_LABELS[m] for m in ("hist_kl", "stain_pearson", "stain_dice")}
-    fid_cols = [i for i, h in enumerate(header) if h in fidelity or h.startswith("Δ")]
-    colour_cols = [i for i, h in enumerate(header) if h in colour]
+    delta_ssim = f"Δ {METRIC_LABELS['ssim']} "
+    fid_cols = [i for i, h in enumerate(header) if h in fidelity or h.startswith(delta_ssim)]
+    colour_cols = [
+        i
+        for i, h in enumerate(header)
+        if h in colour or (h.startswith("Δ") and not h.startswith(delta_ssim))
+    ]
     other_cols = [i for i in range(1, len(header)) if i not in fid_cols + colour_cols]
     title = "stainbench compare"
     if not result.complete:

@@ -102,6 +102,7 @@ def test_write_report_all_outputs(tmp_path: Path) -> None:
     assert doc["machine"]["cpu_count"] >= 1 and "numpy" in doc["versions"]
     assert doc["quality"]["metric_settings"]["ssim_window"] == 11
     assert len(doc["per_tile"]) == 15
+    assert len(doc["latency_samples_ms"]["gan_b"]["1"]) == 200
     rows = list(csv.DictReader(files.per_tile_csv.open()))
     assert len(rows) == 15 and set(rows[0]) == {"model", "tile", "name", *METRICS}
     by = {(r["model"], r["tile"]): r for r in rows}
