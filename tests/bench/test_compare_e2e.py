@@ -315,3 +315,32 @@ def test_cli_compare(repo: Path, val_dir: Path, server, tmp_path: Path, capsys) 
     assert "cannot reach the Triton server" in err and len(err.strip().splitlines()) == 1
     code = main(["compare", "--val-set", str(val_dir), "--concurrency", "1,x"])
     assert code == 2 and "--concurrency takes integers" in capsys.readouterr().err
+
+
+def test_compare_models_not_ready(repo: Path, val_dir: Path, tmp_path: Path) -> None:
+    """A server that loaded only 'close': the others are in its index but not READY."""
+    from stainbench.serving.server import TritonServer
+
+    with TritonServer(repo, models=["close"]) as only_close:
+        result = run_compare(
+            CompareOptions(
+                val_set=val_dir,
+                url=only_close.grpc_url,
+                out=tmp_path / "a",
+                concurrency=[],
+                parity_tiles=0,
+                max_tiles=2,
+            )
+        )
+        assert list(result.models) == ["close"]
+        assert any("not READY" in w and "far" in w for w in result.warnings)
+        with pytest.raises(ServingError, match=r"model 'far' at .* is not ready"):
+            run_compare(
+                CompareOptions(
+                    val_set=val_dir,
+                    url=only_close.grpc_url,
+                    models=["far"],
+                    out=tmp_path / "b",
+                    concurrency=[],
+                )
+            )
