@@ -103,13 +103,13 @@ def loadtest(
         ),
     ] = None,
     tiles: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--tiles",
             help="Tiles to send: a stainbench zarr store (its --split/--domain tiles) or a "
-            ".npy file of uint8 (N, H, W, 3).",
+            ".npy file of uint8 (N, H, W, 3). Default: the demo store demo_out/paired.zarr.",
         ),
-    ] = Path("demo_out/demo.zarr"),
+    ] = None,
     protocol: Annotated[
         str, typer.Option("--protocol", help="http (binary tensors) or grpc.")
     ] = "http",

@@ -69,16 +69,17 @@ class LoadTestSpec:
 
     ``url``: a running server (``http://H:P`` or ``grpc://H:P``); without it the embedded
     server is started on ``repo``. ``models``: mix ``"a:3,b"``; ``None`` means every ready
-    model. ``tiles``: zarr store or ``.npy``; from a store, ``split``/``domain`` and at most
-    ``max_tiles`` tiles are used. ``users``: concurrent closed-loop users; ``spawn_rate``:
-    users started per second (default: all within one second). ``workers``: 0 runs Locust in
-    one process, K > 0 runs a master and K worker processes on 127.0.0.1.
+    model. ``tiles``: zarr store or ``.npy`` (``None``: the demo store); from a store,
+    ``split``/``domain`` and at most ``max_tiles`` tiles are used. ``users``: concurrent
+    closed-loop users; ``spawn_rate``: users started per second (default: all in 1 s).
+    ``workers``: 0 runs Locust in one process, K > 0 a master and K worker processes on
+    127.0.0.1.
     """
 
     url: str | None = None
     repo: Path | None = None
     models: str | None = None
-    tiles: Path = Path("demo_out/demo.zarr")
+    tiles: Path | None = None
     protocol: Protocol = "http"
     users: int = 4
     spawn_rate: float | None = None

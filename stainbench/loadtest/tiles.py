@@ -15,6 +15,20 @@ import numpy as np
 from stainbench.errors import DataError
 from stainbench.loadtest.payload import check_tiles, load_tiles
 
+#: Where ``make demo`` leaves its paired store, in the order they are tried without --tiles.
+DEMO_STORES = (Path("demo_out/paired.zarr"), Path("demo_out/demo.zarr/paired.zarr"))
+
+
+def default_tile_source() -> Path:
+    """The demo set's paired store; :class:`DataError` when ``make demo`` has not run."""
+    for candidate in DEMO_STORES:
+        if candidate.exists():
+            return candidate
+    raise DataError(
+        "no tiles given and no demo store found (demo_out/paired.zarr): run 'make demo' or "
+        "give --tiles STORE.zarr|TILES.npy"
+    )
+
 
 @dataclass(frozen=True)
 class TileSet:
@@ -42,7 +56,7 @@ def _from_store(source: Path, split: str, domain: str, max_tiles: int) -> np.nda
 
 
 def prepare_tiles(
-    source: str | Path,
+    source: str | Path | None,
     out_dir: str | Path,
     *,
     split: str = "val",
@@ -51,17 +65,21 @@ def prepare_tiles(
 ) -> TileSet:
     """Resolve the tiles to send into a ``.npy`` file Locust can load.
 
-    ``source``: a ``.npy`` file (uint8 ``(N, H, W, 3)``, used in place) or a stainbench zarr
+    ``source``: a ``.npy`` file (uint8 ``(N, H, W, 3)``, used in place), a stainbench zarr
     store (its ``split``/``domain`` tiles, at most ``max_tiles``, written to
-    ``out_dir/tiles.npy``). Raises :class:`DataError` (one line) for a missing source, another
-    dtype or shape, or an empty set.
+    ``out_dir/tiles.npy``), a folder holding ``paired.zarr`` (``stainbench data demo``'s
+    output), or ``None`` for the demo store (:func:`default_tile_source`). Raises
+    :class:`DataError` (one line) for a missing source, another dtype or shape, or an empty
+    set.
     """
     if max_tiles < 1:
         raise DataError(f"--max-tiles must be >= 1, got {max_tiles}")
-    src = Path(source)
+    src = default_tile_source() if source is None else Path(source)
+    if src.is_dir() and not (src / "zarr.json").exists() and (src / "paired.zarr").is_dir():
+        src = src / "paired.zarr"
     if not src.exists():
         raise DataError(
-            f"tile source {src} does not exist: give a zarr store (e.g. demo_out/demo.zarr "
+            f"tile source {src} does not exist: give a zarr store (e.g. demo_out/paired.zarr "
             "from 'make demo') or a .npy file with --tiles"
         )
     if src.is_file():
