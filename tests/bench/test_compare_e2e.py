@@ -344,3 +344,59 @@ def test_compare_models_not_ready(repo: Path, val_dir: Path, tmp_path: Path) -> 
                     concurrency=[],
                 )
             )
+
+
+def test_cli_ctrl_c_writes_partial_results(val_dir: Path, server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A real SIGINT to a running 'stainbench compare' process."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stainbench.serving.client import TritonClient
+
+    out = tmp_path / "sigint"
+    with TritonClient(server.grpc_url) as client:
+        before = client.statistics("far").success_count
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "stainbench",
+                "compare",
+                "--val-set",
+                str(val_dir),
+                "--url",
+                server.grpc_url,
+                "--models",
+                "far",
+                "--concurrency",
+                "1,2,4,8",
+                "--window",
+                "2",
+                "--out",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            # wait until the process is measuring latency (many requests reach the model)
+            while client.statistics("far").success_count < before + 50:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "compare never started measuring"
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted; partial results in" in err
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["complete"] is False
+    assert doc["incomplete_reason"].startswith("interrupted (Ctrl-C) while measuring latency")
+    assert doc["quality"]["models"]["far"]["n_tiles"] == 6  # quality had finished
