@@ -14,7 +14,7 @@ HELP = (
     "KL, stain-channel Pearson and Dice, with bootstrap 95% intervals and the relative "
     "difference to --baseline) and latency (p50/p90/p95/p99, throughput per concurrency, "
     "Triton's server-side split), plus a served-vs-local parity check.\n\n"
-    "VAL is a store from 'stainbench data' (its val split) or a folder with A/ (inputs) and "
+    "--val-set is a store from 'stainbench data' (its val split) or a folder with A/ (inputs) and "
     "B/ (targets) tiles matched by file name. Without --url the embedded Triton server is "
     "started on --repo and stopped afterwards. Writes OUT/results.json, OUT/per_tile.csv, "
     "OUT/report.md and PNG plots; on an error or Ctrl-C what was measured is still written, "
