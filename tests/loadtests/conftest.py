@@ -40,9 +40,10 @@ def lt_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lt_server(lt_repo: Path) -> Iterator[TritonServer]:
-    """The real tritonserver on the test repository (one per test module)."""
+    """The real tritonserver on the test repository, shared by the tests that only talk to
+    it (the fault tests start their own)."""
     with TritonServer(lt_repo, timeout=90) as server:
         yield server
 
