@@ -91,6 +91,8 @@ class CompareOptions:
             raise BenchmarkError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.parity_tiles < 0 or self.example_tiles < 0:
             raise BenchmarkError("--parity-tiles and --example-tiles must be >= 0")
+        if self.out.exists() and not self.out.is_dir():
+            raise BenchmarkError(f"--out {self.out} is a file; pass a folder for the report")
         if self.n_boot < 100:
             raise BenchmarkError(f"--n-boot must be at least 100, got {self.n_boot}")
         if not 0.0 < self.confidence < 1.0:

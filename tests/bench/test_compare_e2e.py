@@ -185,6 +185,10 @@ def test_compare_bad_inputs(repo: Path, val_dir: Path, server, tmp_path: Path) -
     doc = json.loads((out / "results.json").read_text())
     assert doc["complete"] is False and "connecting to the server" in doc["incomplete_reason"]
 
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BenchmarkError, match="is a file; pass a folder"):
+        run_compare(CompareOptions(val_set=val_dir, url=server.grpc_url, out=tmp_path / "afile"))
+
     # an empty val set
     (tmp_path / "empty" / "A").mkdir(parents=True)
     (tmp_path / "empty" / "B").mkdir()
