@@ -414,8 +414,9 @@ def render_table(result: CompareResult, console: Any) -> None:
         console.print(table)
     q = result.quality
     if q is not None:
+        n_tiles = max((m.n_tiles for m in q.summary.values()), default=0)
         console.print(
-            f"means over {len(result.tile_names)} val tiles; second line: {q.confidence:.0%} "
+            f"means over {n_tiles} val tiles; second line: {q.confidence:.0%} "
             f"bootstrap interval (percentile, {q.n_boot} resamples, seed {q.seed}); ★ best"
             + (
                 f"; Δ: relative to {q.baseline}, paired bootstrap, (ns): interval includes 0"
