@@ -307,8 +307,11 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[Cell]], list
             if q.baseline:
                 for m in DELTA_METRICS:
                     rel = summ.vs_baseline.get(m) if summ is not None else None
+                    if model == q.baseline:  # ranks as 0 %: a star here means none beat it
+                        row.append(Cell("baseline", 0.0))
+                        continue
                     if rel is None or rel.n == 0:
-                        row.append(Cell("-" if model != q.baseline else "baseline"))
+                        row.append(Cell("-"))
                         continue
                     sig = "" if rel.excludes(0.0) else " (ns)"
                     row.append(
