@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from stainbench.errors import DataError, ExportError, StainbenchError
 
@@ -98,17 +99,30 @@ class TileTranslator(TileModule):
         super().__init__(size_multiple)
         self.generator = generator
 
-        def buf(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(np.asarray(a, dtype=np.float32)).reshape(1, 3, 1, 1)
+        def affine(scale: np.ndarray, shift: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            # per-channel y = x * scale + shift as a depthwise 1x1 convolution (weight, bias)
+            w = torch.as_tensor(np.asarray(scale, dtype=np.float64)).reshape(3, 1, 1, 1)
+            b = torch.as_tensor(np.asarray(shift, dtype=np.float64)).reshape(3)
+            return w.to(torch.float32), b.to(torch.float32)
 
-        self.register_buffer("in_offset", buf(in_offset))
-        self.register_buffer("in_scale", buf(in_scale))
-        self.register_buffer("out_offset", buf(out_offset))
-        self.register_buffer("out_scale", buf(out_scale))
+        in_off = np.asarray(in_offset, np.float64)
+        in_sc = np.asarray(in_scale, np.float64)
+        w_in, b_in = affine(1.0 / in_sc, -in_off / in_sc)
+        w_out, b_out = affine(np.asarray(out_scale, np.float64), np.asarray(out_offset, np.float64))
+        self.register_buffer("in_weight", w_in)
+        self.register_buffer("in_bias", b_in)
+        self.register_buffer("out_weight", w_out)
+        self.register_buffer("out_bias", b_out)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = (x.permute(0, 3, 1, 2).to(torch.float32) - self.in_offset) / self.in_scale
-        y = self.generator(z) * self.out_scale + self.out_offset
+        # The affine maps are depthwise 1x1 convolutions rather than broadcast Sub/Div/Mul/Add:
+        # ONNX Runtime's transpose optimizer moves the NHWC->NCHW Transpose past element-wise
+        # ops, whose per-channel broadcast over a last axis of 3 then runs ~20x slower
+        # (measured: 120 vs 2 ms for a batch of 8 256x256 tiles; docs/benchmarks/export.md).
+        z = F.conv2d(
+            x.permute(0, 3, 1, 2).to(torch.float32), self.in_weight, self.in_bias, groups=3
+        )
+        y = F.conv2d(self.generator(z), self.out_weight, self.out_bias, groups=3)
         y8 = torch.clamp(torch.round(y), 0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)
         return y8, y
 
