@@ -40,8 +40,10 @@ def render(result: LoadTestResult) -> None:
         f"{result.run_time_s} s" + (f" · {result.workers} workers" if result.workers else "")
     )
     table = Table(title=title, header_style="bold")
-    for col in ("model", "requests", "failures", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+    width = max([5, *(len(row.name) for row in result.summary.endpoints)])
+    table.add_column("model", min_width=width, no_wrap=True)
+    for col in ("requests", "failures", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+        table.add_column(col, justify="right")
     for row in [*result.summary.endpoints, result.summary.aggregated]:
         name = "[bold]all[/]" if row.name == "Aggregated" else row.name
         fails = f"{row.failures} ({row.failure_rate:.1%})"

@@ -208,3 +208,15 @@ def test_summary_refuses_missing_or_unfinished_files(tmp_path: Path) -> None:
     _write_stats(tmp_path / "cut", [])
     with pytest.raises(BenchmarkError, match="Aggregated"):
         read_summary(tmp_path / "cut")
+
+
+def test_without_tiles_the_demo_store_is_used_or_a_hint_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="run 'make demo'"):
+        prepare_tiles(None, tmp_path / "out")
+    val_a = np.full((2, 16, 16, 3), 7, np.uint8)
+    _write_store(tmp_path / "demo_out" / "paired.zarr", val_a)
+    tiles = prepare_tiles(None, tmp_path / "out")
+    assert tiles.source == "demo_out/paired.zarr" and tiles.count == 2
