@@ -71,6 +71,8 @@ def render(result: LoadTestResult) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    for warning in result.warnings:
+        out_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     folder = next(iter(result.files.values())).parent if result.files else None
     out_console.print(f"files in {folder}: {', '.join(result.files)}", soft_wrap=True)
     if result.violations:

@@ -116,6 +116,8 @@ class LoadTestResult:
     wall_s: float
     embedded_server: bool
     command: list[str] = field(default_factory=list)
+    #: Locust's own warnings worth showing (e.g. the load generator's CPU was saturated).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -380,6 +382,18 @@ def run_locust(
             _stop(proc)
 
 
+def locust_warnings(out: Path) -> list[str]:
+    """Warnings from Locust's logs in ``out`` that make the numbers less trustworthy."""
+    text = "\n".join(p.read_text(errors="replace") for p in sorted(out.glob("locust*.log")))
+    found = []
+    if "CPU usage" in text:
+        found.append(
+            "Locust's CPU went above 90% at some point: the load generator, not the server, "
+            "may have limited throughput and inflated latency (add --workers, or machines)"
+        )
+    return found
+
+
 def run_loadtest(
     spec: LoadTestSpec,
     on_progress: Callable[[float, float], None] | None = None,
@@ -441,6 +455,7 @@ def run_loadtest(
         wall_s=time.monotonic() - t0,
         embedded_server=embedded,
         command=commands[0],
+        warnings=locust_warnings(out),
     )
     (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     result.files["summary.json"] = out / "summary.json"

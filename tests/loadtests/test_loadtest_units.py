@@ -220,3 +220,15 @@ def test_without_tiles_the_demo_store_is_used_or_a_hint_given(
     _write_store(tmp_path / "demo_out" / "paired.zarr", val_a)
     tiles = prepare_tiles(None, tmp_path / "out")
     assert tiles.source == "demo_out/paired.zarr" and tiles.count == 2
+
+
+def test_a_saturated_load_generator_is_reported(tmp_path: Path) -> None:
+    from stainbench.loadtest.runner import locust_warnings
+
+    (tmp_path / "locust.log").write_text("INFO: All users spawned\n")
+    assert locust_warnings(tmp_path) == []
+    (tmp_path / "locust_worker1.log").write_text(
+        "WARNING/locust.runners: CPU usage above 90%! This may constrain your throughput\n"
+    )
+    assert len(locust_warnings(tmp_path)) == 1
+    assert "--workers" in locust_warnings(tmp_path)[0]
