@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from stainbench import __version__
+from stainbench.data.stats import StatsAccumulator
 from stainbench.data.store import create_store, read_attrs
 from stainbench.data.writer import (
     TILES_PER_SHARD,
@@ -191,12 +192,13 @@ def make_demo_store(
     # paired ------------------------------------------------------------------------------
     group = create_store(paths["paired"], "paired", force=force)
     counter = _Counter(progress, "paired tiles", 2 * (n_train + n_val))
+    acc = StatsAccumulator()
     for split in ("train", "val"):
         for domain, image in (("A", h_only), ("B", source)):
             arr = create_tile_array(
                 group, f"{split}/{domain}", len(pos[split]), tile, tile, 3, "u1"
             )
-            _write_tiles(arr, image, pos[split], tile, counter)
+            _write_tiles(arr, image, pos[split], tile, acc, counter)
     manifest = {
         **base,
         "kind": "paired",
@@ -208,7 +210,7 @@ def make_demo_store(
             "counts": {s: {"A": len(pos[s]), "B": len(pos[s])} for s in pos},
         },
     }
-    finalize_with_stats(group, paths["paired"], "paired", manifest, _stage(progress, "stats"))
+    finalize_with_stats(group, paths["paired"], "paired", manifest, accumulated=acc)
 
     # unpaired ----------------------------------------------------------------------------
     urng = np.random.default_rng([seed, 1])
@@ -218,12 +220,13 @@ def make_demo_store(
     }
     upos: dict[str, dict[str, list[list[int]]]] = {}
     group = create_store(paths["unpaired"], "unpaired", force=force)
+    acc = StatsAccumulator()
     for split in ("train", "val"):
         upos[split] = {}
         for domain, image in (("A", h_only), ("B", source)):
             p = sample_positions(urng, reg[split], tile, counts[split][domain])
             arr = create_tile_array(group, f"{split}/{domain}", len(p), tile, tile, 3, "u1")
-            _write_tiles(arr, image, p, tile)
+            _write_tiles(arr, image, p, tile, acc)
             upos[split][domain] = p.tolist()
             _tick(progress, "unpaired tiles", 1, 1)
     manifest = {
@@ -238,7 +241,7 @@ def make_demo_store(
             "note": "A and B tiles at independent random positions, unequal counts",
         },
     }
-    finalize_with_stats(group, paths["unpaired"], "unpaired", manifest, None)
+    finalize_with_stats(group, paths["unpaired"], "unpaired", manifest, accumulated=acc)
 
     # volume ------------------------------------------------------------------------------
     write_demo_volume(paths["volume"], source, base, force=force)
@@ -314,14 +317,17 @@ def _write_tiles(
     image: np.ndarray,
     positions: np.ndarray,
     tile: int,
+    acc: StatsAccumulator,
     on_batch: Callable[[int], None] | None = None,
 ) -> None:
-    """Write the tiles at ``positions`` of ``image`` into ``arr`` one shard at a time."""
+    """Write the tiles at ``positions`` of ``image`` into ``arr`` one shard at a time, adding
+    them to the statistics on the way."""
+    split, domain = str(arr.path).split("/")[-2:]
     for start in range(0, len(positions), TILES_PER_SHARD):
         block = positions[start : start + TILES_PER_SHARD]
-        arr[start : start + len(block)] = np.stack(
-            [image[y : y + tile, x : x + tile] for y, x in block]
-        )
+        tiles = np.stack([image[y : y + tile, x : x + tile] for y, x in block])
+        arr[start : start + len(block)] = tiles
+        acc.add_tiles(split, domain, start, tiles)
         if on_batch is not None:
             on_batch(len(block))
 
@@ -329,9 +335,3 @@ def _write_tiles(
 def _tick(progress: Progress | None, task: str, done: int, total: int) -> None:
     if progress is not None:
         progress(task, done, total)
-
-
-def _stage(progress: Progress | None, task: str) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-    return lambda done, total: progress(task, done, total)

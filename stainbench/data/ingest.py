@@ -29,6 +29,7 @@ import numpy as np
 
 from stainbench import __version__
 from stainbench.data.io import ImageData, VolumeSource, open_volume, read_image, tile_format
+from stainbench.data.stats import StatsAccumulator
 from stainbench.data.store import create_store
 from stainbench.data.writer import (
     TILES_PER_SHARD,
@@ -246,8 +247,9 @@ def _assign_splits(names: list[str], options: IngestOptions, method: str) -> dic
 class _Appender:
     """Appends tiles ``(k, H, W, C)`` to one array in shard-sized batches."""
 
-    def __init__(self, group: Any, key: str) -> None:
-        self.group, self.key = group, key
+    def __init__(self, group: Any, split: str, domain: str, acc: StatsAccumulator) -> None:
+        self.group, self.key = group, f"{split}/{domain}"
+        self.split, self.domain, self.acc = split, domain, acc
         self.arr: Any = None
         self.first: str = ""
         self.buffer: list[np.ndarray] = []
@@ -287,6 +289,7 @@ class _Appender:
         _, h, w, c = block.shape
         self.arr.resize((self.n + len(block), h, w, c))
         self.arr[self.n : self.n + len(block)] = block
+        self.acc.add_tiles(self.split, self.domain, self.n, block)
         self.n += len(block)
         self.buffer, self.buffered = [], 0
 
@@ -322,6 +325,7 @@ def _write_tiles(
 ) -> IngestResult:
     failures = plan.failures
     appenders: dict[tuple[str, str], _Appender] = {}
+    acc = StatsAccumulator()
     sources: list[dict[str, Any]] = []
     conversions: list[dict[str, str]] = []
     formats: dict[str, int] = {}
@@ -331,7 +335,7 @@ def _write_tiles(
     def appender(split: str, domain: str) -> _Appender:
         key = (split, domain)
         if key not in appenders:
-            appenders[key] = _Appender(group, f"{split}/{domain}")
+            appenders[key] = _Appender(group, split, domain, acc)
         return appenders[key]
 
     for group_name, units in plan.units.items():
@@ -402,7 +406,7 @@ def _write_tiles(
         },
         "options": {"tile": options.tile, "on_error": options.on_error},
     }
-    digest, _ = finalize_with_stats(group, out, kind, manifest, _stats_progress(progress))
+    digest, _ = finalize_with_stats(group, out, kind, manifest, accumulated=acc)
     return IngestResult(
         out, kind, counts, failures.items, conversions, digest, 0.0, plan.method, len(sources)
     )

@@ -57,7 +57,8 @@ def channel_histograms(x: np.ndarray) -> np.ndarray:
     offsets = np.arange(c, dtype=np.int64) * bins
     rows = max(1, _PIECE // c)
     for start in range(0, flat.shape[0], rows):
-        piece = flat[start : start + rows].astype(np.int64) + offsets
+        piece = flat[start : start + rows].astype(np.int64)
+        piece += offsets
         out += np.bincount(piece.ravel(), minlength=c * bins)
     return out.reshape(c, bins)
 
@@ -80,7 +81,8 @@ def batch_histograms(x: np.ndarray) -> np.ndarray:
     for s in range(0, b, step):
         e = min(b, s + step)
         off = (np.arange(e - s, dtype=np.int64)[:, None, None] * c + np.arange(c)) * bins
-        piece = flat[s:e].astype(np.int64) + off
+        piece = flat[s:e].astype(np.int64)
+        piece += off
         out[s * width : e * width] += np.bincount(piece.ravel(), minlength=(e - s) * width)
     return out.reshape(b, c, bins)
 
@@ -172,6 +174,7 @@ class BlockResult:
     block: Block
     hist: np.ndarray  # (C, bins) int64
     per_item: np.ndarray | None  # (B, C, len(FIELDS)) float64
+    dtype: str = "uint8"
 
 
 def run_block(store_path: str, block: Block) -> BlockResult:
@@ -180,11 +183,15 @@ def run_block(store_path: str, block: Block) -> BlockResult:
 
     arr = zarr.open_array(f"{store_path}/{block.key}", mode="r")
     sl = tuple(slice(a, b) for a, b in block.index)
-    data = np.asarray(arr[sl])
+    return histogram_block(block, np.asarray(arr[sl]))
+
+
+def histogram_block(block: Block, data: np.ndarray) -> BlockResult:
+    """Histogram the pixels ``data`` of ``block`` (already read)."""
     if block.per_item:
         per = batch_histograms(data)
-        return BlockResult(block, per.sum(axis=0), summarize(per))
-    return BlockResult(block, channel_histograms(data), None)
+        return BlockResult(block, per.sum(axis=0), summarize(per), data.dtype.name)
+    return BlockResult(block, channel_histograms(data), None, data.dtype.name)
 
 
 def plan_blocks(store: Any, max_block_bytes: int = 32 << 20) -> list[Block]:
@@ -263,7 +270,7 @@ def compute_store_stats(
     blocks = plan_blocks(store)
     sizes = [_block_bytes(store, b) for b in blocks]
     total = int(sum(sizes))
-    acc = _Accumulator(store)
+    acc = StatsAccumulator()
     done = 0
     for result, size in _iter_results(str(store.path), blocks, sizes, scheduler):
         acc.add(result)
@@ -336,11 +343,15 @@ def _run_indexed(path: str, block: Block, index: int) -> tuple[int, BlockResult]
     return index, run_block(path, block)
 
 
-class _Accumulator:
-    """Adds block histograms into per-split/domain, per-volume and per-tile results."""
+class StatsAccumulator:
+    """Adds block histograms into per-split/domain, per-volume and per-tile results.
 
-    def __init__(self, store: Any) -> None:
-        self.store = store
+    Writers that hold the tiles in memory anyway (demo, ingest) feed it with
+    :meth:`add_tiles` and skip reading the store back; the numbers are the same as
+    :func:`compute_store_stats` gives (a test checks it).
+    """
+
+    def __init__(self) -> None:
         self.split_hist: dict[tuple[str, str], np.ndarray] = {}
         self.volume_hist: dict[tuple[str, str], np.ndarray] = {}
         self.per_item: dict[str, dict[int, np.ndarray]] = {}
@@ -348,13 +359,19 @@ class _Accumulator:
 
     def add(self, r: BlockResult) -> None:
         b = r.block
-        self.dtypes[b.domain] = self.store.group[b.key].dtype.name
+        self.dtypes[b.domain] = r.dtype
         for split in b.splits:
             _add(self.split_hist, (split, b.domain), r.hist)
         if b.volume is not None:
             _add(self.volume_hist, (b.volume, b.domain), r.hist)
         if r.per_item is not None:
             self.per_item.setdefault(b.key, {})[b.index[0][0]] = r.per_item
+
+    def add_tiles(self, split: str, domain: str, start: int, tiles: np.ndarray) -> None:
+        """Add tiles ``(B, H, W, C)`` stored at ``split/domain[start:start + B]``."""
+        key = f"{split}/{domain}"
+        block = Block(key, ((start, start + len(tiles)),), domain, (split,), None, True)
+        self.add(histogram_block(block, tiles))
 
     def finish(self) -> dict[str, Any]:
         splits: dict[str, dict[str, Any]] = {}

@@ -64,26 +64,32 @@ def finalize_with_stats(
     manifest: dict[str, Any],
     progress: Any = None,
     scheduler: str | None = None,
+    accumulated: Any = None,
 ) -> tuple[str, dict[str, Any]]:
     """Compute statistics over the just-written (still incomplete) store, write the per-tile
     arrays, then write manifest + stats and mark the store complete.
 
-    Returns ``(manifest_hash, stats)``.
+    ``accumulated``: a :class:`~stainbench.data.stats.StatsAccumulator` already fed with every
+    tile while writing; the store is then not read back. Returns ``(manifest_hash, stats)``.
     """
     from pathlib import Path
 
     from stainbench.data.stats import compute_store_stats, write_per_image
     from stainbench.data.store import SCHEMA_VERSION, TileStore, finalize_store
 
-    view = TileStore(
-        Path(path),
-        group,
-        {"kind": kind, "schema_version": SCHEMA_VERSION, "manifest": manifest},
-    )
-    result = compute_store_stats(view, scheduler=scheduler, progress=progress)
-    write_per_image(group, result.per_image)
-    digest = finalize_store(group, manifest, result.stats)
-    return digest, result.stats
+    if accumulated is not None:
+        stats, per_image = accumulated.finish(), accumulated.per_image_arrays()
+    else:
+        view = TileStore(
+            Path(path),
+            group,
+            {"kind": kind, "schema_version": SCHEMA_VERSION, "manifest": manifest},
+        )
+        result = compute_store_stats(view, scheduler=scheduler, progress=progress)
+        stats, per_image = result.stats, result.per_image
+    write_per_image(group, per_image)
+    digest = finalize_store(group, manifest, stats)
+    return digest, stats
 
 
 def write_tile_store(
