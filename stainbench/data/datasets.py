@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from stainbench.data.augment import PatchParams, apply_params, sample_params
+from stainbench.data.fastread import TileReader
 from stainbench.data.store import TileStore, open_store
 from stainbench.data.transforms import MODES, Normalization
 from stainbench.errors import DataError
@@ -53,6 +54,8 @@ class _StoreDataset(Dataset):
         self.augment = (split == "train") if augment is None else bool(augment)
         self.manifest_hash = opened.manifest_hash
         self._store: TileStore | None = None
+        self._readers: dict[str, TileReader | None] = {}
+        self.fast_read = True
         self._per_image: dict[str, np.ndarray | None] = {}
         self._mode = normalization if isinstance(normalization, str) else None
         self.normalization = self._build_normalization(opened, normalization)
@@ -85,6 +88,7 @@ class _StoreDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_store"] = None  # each worker process opens the store itself
+        state["_readers"] = {}
         return state
 
     @property
@@ -92,6 +96,14 @@ class _StoreDataset(Dataset):
         if self._store is None:
             self._store = open_store(self.path)
         return self._store
+
+    def _reader(self, domain: str) -> TileReader | None:
+        """The fast whole-tile reader of a domain (None: read through zarr)."""
+        if not self.fast_read:
+            return None
+        if domain not in self._readers:
+            self._readers[domain] = TileReader.for_array(self.path / self.split / domain)
+        return self._readers[domain]
 
     def _rng(self, index: int) -> np.random.Generator | None:
         if not self.augment:
@@ -110,8 +122,12 @@ class _StoreDataset(Dataset):
         return norm.for_image(per[tile])
 
     def _read(self, domain: str, tile: int, params: PatchParams, patch: int) -> torch.Tensor:
-        arr = self.store.array(self.split, domain)
-        raw = np.asarray(arr[tile, params.y : params.y + patch, params.x : params.x + patch, :])
+        ys, xs = slice(params.y, params.y + patch), slice(params.x, params.x + patch)
+        reader = self._reader(domain)
+        if reader is not None:
+            raw = reader.read(tile)[ys, xs]
+        else:
+            raw = np.asarray(self.store.array(self.split, domain)[tile, ys, xs, :])
         chw = apply_params(raw, params)
         return torch.from_numpy(self._norm_for(domain, tile).forward(chw))
 

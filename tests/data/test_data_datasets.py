@@ -127,3 +127,44 @@ def test_bad_dataset_arguments(paired) -> None:
         PairedPatchDataset(path, "test", 8)
     with pytest.raises(DataError, match="unknown normalization mode"):
         PairedPatchDataset(path, "train", 8, normalization="minmax")
+
+
+@pytest.mark.parametrize("shards", [True, False])
+def test_fast_tile_reader_matches_zarr(tmp_path: Path, shards: bool) -> None:
+    import zarr
+
+    from stainbench.data.fastread import TileReader
+    from stainbench.data.writer import compressor
+
+    rng = np.random.default_rng(4)
+    for dtype, hi in ((np.uint8, 256), (np.uint16, 65536)):
+        data = rng.integers(0, hi, (70, 9, 11, 3)).astype(dtype)
+        g = zarr.open_group(str(tmp_path / f"{dtype.__name__}{shards}.zarr"), mode="w")
+        arr = g.create_array(
+            "x",
+            shape=data.shape,
+            dtype=dtype,
+            chunks=(1, 9, 11, 3),
+            shards=(32, 9, 11, 3) if shards else None,
+            compressors=compressor(),
+            fill_value=0,
+        )
+        arr[:65] = data[:65]  # tiles 65..69 never written: read as the fill value
+        reader = TileReader.for_array(tmp_path / f"{dtype.__name__}{shards}.zarr" / "x")
+        assert reader is not None
+        for n in (0, 31, 32, 64, 65, 69):
+            np.testing.assert_array_equal(reader.read(n), arr[n])
+    other = g.create_array("y", shape=(4, 9, 11, 3), dtype="u1", chunks=(2, 9, 11, 3))
+    assert (
+        other is not None and TileReader.for_array(tmp_path / f"uint16{shards}.zarr" / "y") is None
+    )
+
+
+def test_fast_and_zarr_paths_give_identical_items(paired) -> None:
+    path, _ = paired
+    fast = PairedPatchDataset(path, "train", 16, seed=9)
+    slow = PairedPatchDataset(path, "train", 16, seed=9)
+    slow.fast_read = False
+    assert fast._reader("A") is not None
+    for i in range(len(fast)):
+        assert torch.equal(fast[i]["A"], slow[i]["A"]) and torch.equal(fast[i]["B"], slow[i]["B"])
