@@ -89,3 +89,13 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, gain)
             nn.init.zeros_(m.bias)
+
+
+def zero_last_conv(module: nn.Module) -> None:
+    """Zero the weights and bias of the last (transposed) convolution inside ``module``."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    if not convs:
+        raise ValueError("no convolution to zero")
+    nn.init.zeros_(convs[-1].weight)
+    if convs[-1].bias is not None:
+        nn.init.zeros_(convs[-1].bias)

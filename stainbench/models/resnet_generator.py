@@ -22,6 +22,7 @@ from stainbench.models.layers import (
     init_weights,
     norm_layer,
     upsample_conv,
+    zero_last_conv,
 )
 from stainbench.models.registry import register_model
 
@@ -52,7 +53,10 @@ class ResidualBlock(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    """ResNet generator: ``(B, in_channels, H, W)`` float32 -> ``(B, out_channels, H, W)``."""
+    """ResNet generator: ``(B, in_channels, H, W)`` float32 -> ``(B, out_channels, H, W)``.
+
+    ``residual=True`` (not in the classic model) returns ``x + f(x)``, see ``UNet``.
+    """
 
     def __init__(
         self,
@@ -65,11 +69,15 @@ class ResnetGenerator(nn.Module):
         dropout: float = 0.0,
         upsample: UpsampleName = "transpose",
         final: Literal["tanh", "none"] = "tanh",
+        residual: bool = False,
     ) -> None:
         super().__init__()
         if n_blocks < 0 or n_downsampling < 0 or base_width < 1:
             raise ValueError("n_blocks and n_downsampling must be >= 0, base_width >= 1")
+        if residual and in_channels != out_channels:
+            raise ValueError("residual needs in_channels == out_channels")
         self.size_multiple: int = 2**n_downsampling
+        self.residual = residual
         bias = conv_bias(norm)
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
@@ -100,9 +108,12 @@ class ResnetGenerator(nn.Module):
         ]
         self.model = nn.Sequential(*layers)
         init_weights(self)
+        if residual:  # start as the identity: the last convolution's weights are zero
+            zero_last_conv(self.model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        out = self.model(x)
+        return x + out if self.residual else out
 
 
 @register_model(
@@ -120,6 +131,7 @@ def resnet(
     dropout: float = 0.0,
     upsample: UpsampleName = "transpose",
     final: Literal["tanh", "none"] = "tanh",
+    residual: bool = False,
 ) -> ResnetGenerator:
     """ResNet generator; ``n_blocks=9`` is resnet_9blocks, ``n_blocks=6`` resnet_6blocks."""
     return ResnetGenerator(
@@ -132,4 +144,5 @@ def resnet(
         dropout=dropout,
         upsample=upsample,
         final=final,
+        residual=residual,
     )

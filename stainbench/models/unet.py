@@ -22,6 +22,7 @@ from stainbench.models.layers import (
     init_weights,
     norm_layer,
     upsample_conv,
+    zero_last_conv,
 )
 from stainbench.models.registry import register_model
 
@@ -46,6 +47,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         upsample: UpsampleName = "transpose",
         final: Literal["tanh", "none"] = "tanh",
+        residual: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -54,8 +56,11 @@ class UNet(nn.Module):
             raise ValueError("base_width and max_width_mult must be >= 1")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if residual and in_channels != out_channels:
+            raise ValueError("residual needs in_channels == out_channels")
         self.size_multiple: int = 2**depth
         self.depth = depth
+        self.residual = residual
         widths = [base_width * min(2**i, max_width_mult) for i in range(depth)]
         bias = conv_bias(norm)
 
@@ -91,6 +96,8 @@ class UNet(nn.Module):
                     layers.append(nn.Dropout(dropout))
             self.up.append(nn.Sequential(*layers))
         init_weights(self)
+        if residual:  # start as the identity: the last convolution's weights are zero
+            zero_last_conv(self.up[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips: list[torch.Tensor] = []
@@ -101,7 +108,7 @@ class UNet(nn.Module):
         h = self.up[0](skips[-1])
         for j in range(1, self.depth):
             h = self.up[j](torch.cat([skips[self.depth - 1 - j], h], dim=1))
-        return h
+        return x + h if self.residual else h
 
 
 @register_model(
@@ -119,6 +126,7 @@ def unet(
     dropout: float = 0.0,
     upsample: UpsampleName = "transpose",
     final: Literal["tanh", "none"] = "tanh",
+    residual: bool = False,
 ) -> UNet:
     """UNet generator; ``depth=8, base_width=64`` is unet_256, ``depth=7`` unet_128."""
     return UNet(
@@ -131,4 +139,5 @@ def unet(
         dropout=dropout,
         upsample=upsample,
         final=final,
+        residual=residual,
     )

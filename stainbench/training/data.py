@@ -26,10 +26,13 @@ class ValTiles:
 
     Centre crops of side S (``data.val_size``, default the largest multiple of the
     generator's ``size_multiple`` that fits the tiles), the first ``data.val_tiles`` tiles.
+    ``X``: the normalized network inputs ``(N, C_in, S, S)`` float32 when they are not simply
+    A normalized (2.5D volume stacks); ``A`` is then the centre slice (the identity baseline).
     """
 
     A: np.ndarray
     B: np.ndarray
+    X: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.A.shape[0])
@@ -135,7 +138,68 @@ def read_val_tiles(opened: Any, size: int, max_tiles: int) -> ValTiles:
 
 
 def _volume_data(recipe: Recipe, opened: Any, size_multiple: int) -> TrainingData:
-    raise DataError(f"{opened.path}: volume stores are not supported by training yet")
+    """Volume stores: 2D slices or 2.5D stacks (``data.volume``) as training patches; the
+    validation split's grid patches (centre slice targets) for scoring."""
+    from stainbench.data.datasets import VolumePatchDataset
+
+    d = recipe.data
+    depth = d.volume.context
+    train = VolumePatchDataset(
+        opened,
+        "train",
+        d.patch_size,
+        mode=d.volume.mode,
+        depth=depth,
+        normalization=d.normalization,
+        augment=d.augment,
+        seed=recipe.train.seed,
+    )
+    norm = dict(train.normalization)
+    arr = opened.volume_array(opened.volumes("train")[0].name, "A")
+    value_max = float(np.iinfo(arr.dtype).max)
+    val = None
+    if "val" in opened.splits:
+        size = d.val_size or d.patch_size
+        if size % size_multiple:
+            raise ConfigError(
+                f"data.val_size: {size} is not a multiple of {size_multiple}, which the "
+                "generator requires"
+            )
+        vds = VolumePatchDataset(
+            opened,
+            "val",
+            size,
+            mode=d.volume.mode,
+            depth=depth,
+            normalization=norm,
+            augment=False,
+        )
+        n = len(vds) if d.val_tiles <= 0 else min(d.val_tiles, len(vds))
+        items = [vds[i] for i in range(n)]
+        x = torch.stack([it["A"] for it in items])
+        b = torch.stack([it["B"] for it in items])
+        c = b.shape[1]
+        centre = x[:, (x.shape[1] // c // 2) * c :][:, :c]
+        val = ValTiles(A=_raw(centre, norm["A"], value_max), B=_raw(b, norm["B"], value_max), X=x)
+    sample = train[0]
+    return TrainingData(
+        store=Path(opened.path),
+        kind="volume",
+        manifest_hash=opened.manifest_hash,
+        train=train,
+        val=val,
+        norm=norm,
+        in_channels=int(sample["A"].shape[0]),
+        out_channels=int(sample["B"].shape[0]),
+        value_max=value_max,
+        tile_hw=(int(arr.shape[1]), int(arr.shape[2])),
+    )
+
+
+def _raw(x: torch.Tensor, norm: Any, value_max: float) -> np.ndarray:
+    """Normalized ``(N, C, H, W)`` back to raw integer ``(N, H, W, C)``."""
+    raw = norm.inverse(x).clamp(0, value_max).round().permute(0, 2, 3, 1).numpy()
+    return raw.astype(np.uint8 if value_max <= 255 else np.uint16)
 
 
 class EpochIndexed(Dataset):

@@ -159,8 +159,11 @@ def evaluate(
             if generator is None:
                 pred = val.A[lo : lo + batch]
             else:
-                a = torch.from_numpy(np.ascontiguousarray(val.A[lo : lo + batch]))
-                x = norm_a.forward(a.permute(0, 3, 1, 2).float()).to(device)
+                if val.X is not None:
+                    x = val.X[lo : lo + batch].to(device)
+                else:
+                    a = torch.from_numpy(np.ascontiguousarray(val.A[lo : lo + batch]))
+                    x = norm_a.forward(a.permute(0, 3, 1, 2).float()).to(device)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 pred = _to_raw(generator(x), norm_b, data.value_max)

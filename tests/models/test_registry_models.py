@@ -101,3 +101,13 @@ def test_resize_upsampling_variant() -> None:
     model = create_model("unet", depth=3, base_width=4, upsample="resize").eval()
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules())
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("name", list_models("generator"))
+def test_residual_generators_start_as_identity(name: str) -> None:
+    model = _small(name, residual=True).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), x)
+    with pytest.raises(ModelError, match="residual"):
+        create_model(name, **get_entry(name).small_kwargs, residual=True, out_channels=1)
