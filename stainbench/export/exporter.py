@@ -176,7 +176,10 @@ def export_checkpoint(
             f"{ckpt}: family {payload.get('family')!r} cannot be exported "
             f"(known: {', '.join(KNOWN_FAMILIES)})"
         )
-    generator, info = load_generator(payload, network)
+    try:
+        generator, info = load_generator(payload, network)
+    except ModelError as exc:  # its messages say "checkpoint: ..."; name the file instead
+        raise ModelError(str(exc).replace("checkpoint:", f"{ckpt}:", 1)) from None
     if info.in_channels != 3 or info.out_channels != 3:
         raise ExportError(
             f"{ckpt}: served models take and return RGB tiles, but {network} maps "
