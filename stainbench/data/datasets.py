@@ -125,7 +125,7 @@ class _StoreDataset(Dataset):
         ys, xs = slice(params.y, params.y + patch), slice(params.x, params.x + patch)
         reader = self._reader(domain)
         if reader is not None:
-            raw = reader.read(tile)[ys, xs]
+            raw = reader.read_tile(tile)[ys, xs]
         else:
             raw = np.asarray(self.store.array(self.split, domain)[tile, ys, xs, :])
         chw = apply_params(raw, params)

@@ -1,34 +1,37 @@
-"""A fast path for reading whole tiles from the tile arrays stainbench writes.
+"""A fast path for reading the arrays stainbench writes, chunk by chunk.
 
 zarr-python 3 spends about 1.5-3 ms of CPU per indexing call (its asyncio machinery), more
-than decoding a PNG tile. Patch datasets read one tile per call, so for the one layout this
-project writes (local files, one tile per chunk, ``bytes`` + ``blosc`` codecs, optionally
-inside ``sharding_indexed`` shards with the index at the end, protected by ``crc32c``) this
-module reads the chunk bytes itself and decodes them with numcodecs. Decoding is done by the
-real codec libraries (Blosc, CRC32C from numcodecs); only the addressing (chunk key, shard
-index) follows the zarr v3 specification here.
+than decoding a PNG tile. Patch datasets read one tile per call and the statistics pass reads
+thousands of chunks, so for the layouts this project writes (local files, default chunk key
+encoding, ``bytes`` + ``blosc`` codecs, optionally inside ``sharding_indexed`` shards with the
+index at the end, protected by ``crc32c``) this module reads the chunk bytes itself and
+decodes them with numcodecs. Decoding is done by the real codec libraries (Blosc, CRC32C from
+numcodecs); only the addressing (chunk keys, the shard index) follows the zarr v3
+specification here.
 
-:meth:`TileReader.for_array` returns None for any other layout (other codecs, chunk shapes,
-key encodings, remote stores), and the caller falls back to zarr. A test checks that both
-paths return identical tiles.
+:meth:`ChunkReader.for_array` returns None for any other layout (other codecs, key
+encodings, storage transformers, big-endian data), and the callers fall back to zarr. Tests
+check that both paths return identical data.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 _EMPTY = 2**64 - 1
+_INDEX_CACHE = 4096
 
 
-class TileReader:
-    """Reads tile ``n`` (``(H, W, C)``) of a ``(N, H, W, C)`` array chunked one tile per chunk.
+class ChunkReader:
+    """Reads chunks and chunk-covered regions of one local zarr v3 array.
 
-    Open file handles are per process: create the reader after a DataLoader worker starts
-    (the datasets do so lazily).
+    Open it in the process that reads (the datasets do so lazily in each DataLoader worker).
     """
 
     def __init__(
@@ -36,7 +39,8 @@ class TileReader:
         folder: Path,
         shape: tuple[int, ...],
         dtype: np.dtype,
-        tiles_per_shard: int | None,
+        chunks: tuple[int, ...],
+        shards: tuple[int, ...] | None,
         fill_value: Any,
     ) -> None:
         import numcodecs
@@ -44,18 +48,20 @@ class TileReader:
         self.folder = folder
         self.shape = shape
         self.dtype = dtype
-        self.tiles_per_shard = tiles_per_shard
+        self.chunks = chunks
+        self.shards = shards
         self.fill_value = fill_value
         self._blosc = numcodecs.Blosc()
         self._crc = numcodecs.CRC32C()
-        self._index_cache: dict[int, np.ndarray] = {}
+        self._index_cache: dict[tuple[int, ...], np.ndarray | None] = {}
+        if shards is not None:
+            self._inner = tuple(s // c for s, c in zip(shards, chunks, strict=True))
 
     @classmethod
-    def for_array(cls, folder: str | Path) -> TileReader | None:
+    def for_array(cls, folder: str | Path) -> ChunkReader | None:
         """A reader for the array stored in ``folder``, or None if its layout is not ours."""
-        meta_path = Path(folder) / "zarr.json"
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta = json.loads((Path(folder) / "zarr.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         try:
@@ -67,55 +73,53 @@ class TileReader:
             if dtype not in (np.uint8, np.uint16):
                 return None
             shape = tuple(int(s) for s in meta["shape"])
-            if len(shape) != 4:
-                return None
             cke = meta["chunk_key_encoding"]
-            if (
-                cke.get("name") != "default"
-                or cke.get("configuration", {}).get("separator", "/") != "/"
-            ):
+            separator = cke.get("configuration", {}).get("separator", "/")
+            if cke.get("name") != "default" or separator != "/":
+                return None
+            if meta["chunk_grid"].get("name") != "regular":
                 return None
             outer = tuple(int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"])
             codecs = meta["codecs"]
-            tile_chunk = (1, *shape[1:])
+            fill = meta.get("fill_value", 0)
             if len(codecs) == 1 and codecs[0]["name"] == "sharding_indexed":
                 conf = codecs[0]["configuration"]
                 inner = tuple(int(s) for s in conf["chunk_shape"])
-                index_codecs = [c["name"] for c in conf["index_codecs"]]
-                little = conf["index_codecs"][0].get("configuration", {}).get("endian")
+                index_codecs = conf["index_codecs"]
+                endian = index_codecs[0].get("configuration", {}).get("endian")
                 if (
-                    inner != tile_chunk
-                    or outer[1:] != shape[1:]
+                    any(o % i for o, i in zip(outer, inner, strict=True))
                     or conf.get("index_location", "end") != "end"
-                    or index_codecs != ["bytes", "crc32c"]
-                    or little not in (None, "little")
+                    or [c["name"] for c in index_codecs] != ["bytes", "crc32c"]
+                    or endian not in (None, "little")
                     or not _blosc_pipeline(conf["codecs"], dtype)
                 ):
                     return None
-                return cls(Path(folder), shape, dtype, outer[0], meta.get("fill_value", 0))
-            if outer != tile_chunk or not _blosc_pipeline(codecs, dtype):
+                return cls(Path(folder), shape, dtype, inner, outer, fill)
+            if not _blosc_pipeline(codecs, dtype):
                 return None
-            return cls(Path(folder), shape, dtype, None, meta.get("fill_value", 0))
-        except (KeyError, TypeError, ValueError, IndexError):
+            return cls(Path(folder), shape, dtype, outer, None, fill)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
             return None
 
-    def read(self, n: int) -> np.ndarray:
-        """Tile ``n`` as a new ``(H, W, C)`` array."""
-        if not 0 <= n < self.shape[0]:
-            raise IndexError(n)
-        if self.tiles_per_shard is None:
-            path = self.folder / "c" / str(n) / "0" / "0" / "0"
+    # -- chunks ----------------------------------------------------------------------------
+
+    def read_chunk(self, coords: tuple[int, ...]) -> np.ndarray:
+        """The chunk at grid ``coords``: a full chunk-shaped array (edge chunks padded)."""
+        if self.shards is None:
+            path = self.folder.joinpath("c", *map(str, coords))
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
                 return self._fill()
             return self._decode(data)
-        shard, inner = divmod(n, self.tiles_per_shard)
-        path = self.folder / "c" / str(shard) / "0" / "0" / "0"
+        shard = tuple(c // r for c, r in zip(coords, self._inner, strict=True))
+        inner = tuple(c % r for c, r in zip(coords, self._inner, strict=True))
+        path = self.folder.joinpath("c", *map(str, shard))
         index = self._index(shard, path)
         if index is None:
             return self._fill()
-        offset, nbytes = (int(v) for v in index[inner])
+        offset, nbytes = (int(v) for v in index[int(np.ravel_multi_index(inner, self._inner))])
         if offset == _EMPTY and nbytes == _EMPTY:
             return self._fill()
         with open(path, "rb") as fh:
@@ -123,32 +127,82 @@ class TileReader:
             data = fh.read(nbytes)
         return self._decode(data)
 
-    def _index(self, shard: int, path: Path) -> np.ndarray | None:
-        cached = self._index_cache.get(shard)
-        if cached is not None:
-            return cached
-        size = (self.tiles_per_shard or 1) * 16 + 4
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        """``array[region]`` for plain slices (step 1); missing axes mean the whole axis."""
+        bounds = []
+        for i, n in enumerate(self.shape):
+            sl = region[i] if i < len(region) else slice(None)
+            start, stop, step = sl.indices(n)
+            if step != 1:
+                raise ValueError("only contiguous slices are supported")
+            bounds.append((start, max(start, stop)))
+        out = np.empty([b - a for a, b in bounds], dtype=self.dtype)
+        if out.size == 0:
+            return out
+        ranges = [
+            range(a // c, math.ceil(b / c)) for (a, b), c in zip(bounds, self.chunks, strict=True)
+        ]
+        for coords in itertools.product(*ranges):
+            chunk = self.read_chunk(coords)
+            src, dst = [], []
+            for (a, b), c, k in zip(bounds, self.chunks, coords, strict=True):
+                lo, hi = max(a, k * c), min(b, (k + 1) * c)
+                src.append(slice(lo - k * c, hi - k * c))
+                dst.append(slice(lo - a, hi - a))
+            out[tuple(dst)] = chunk[tuple(src)]
+        return out
+
+    def read_tile(self, n: int) -> np.ndarray:
+        """Tile ``n`` of an ``(N, H, W, C)`` array (one tile per chunk is fastest)."""
+        if not 0 <= n < self.shape[0]:
+            raise IndexError(n)
+        if self.chunks[0] == 1 and tuple(self.chunks[1:]) == tuple(self.shape[1:]):
+            return self.read_chunk((n, *([0] * (len(self.shape) - 1))))[0]
+        return self.read((slice(n, n + 1),))[0]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _index(self, shard: tuple[int, ...], path: Path) -> np.ndarray | None:
+        if shard in self._index_cache:
+            return self._index_cache[shard]
+        size = int(np.prod(self._inner)) * 16 + 4
         try:
             with open(path, "rb") as fh:
                 fh.seek(-size, 2)
                 raw = fh.read(size)
-        except (FileNotFoundError, OSError):
-            return None
-        index = np.frombuffer(self._crc.decode(raw), dtype="<u8").reshape(-1, 2)
+            index: np.ndarray | None = np.frombuffer(self._crc.decode(raw), dtype="<u8")
+            index = index.reshape(-1, 2)  # type: ignore[union-attr]
+        except FileNotFoundError:
+            index = None
+        if len(self._index_cache) >= _INDEX_CACHE:
+            self._index_cache.pop(next(iter(self._index_cache)))
         self._index_cache[shard] = index
         return index
 
     def _decode(self, data: bytes) -> np.ndarray:
-        raw = self._blosc.decode(data)
+        import numcodecs.blosc
+
+        # Blosc's own threads only add overhead for one chunk (and fight DataLoader workers
+        # for the cores): decode in this thread, then restore the setting.
+        previous = numcodecs.blosc.use_threads
+        numcodecs.blosc.use_threads = False
+        try:
+            raw = self._blosc.decode(data)
+        finally:
+            numcodecs.blosc.use_threads = previous
         arr = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"))
-        return arr.reshape(self.shape[1:]).astype(self.dtype, copy=False)
+        return arr.reshape(self.chunks).astype(self.dtype, copy=False)
 
     def _fill(self) -> np.ndarray:
-        return np.full(self.shape[1:], self.fill_value, dtype=self.dtype)
+        return np.full(self.chunks, self.fill_value, dtype=self.dtype)
+
+
+#: The name the patch datasets use (one tile per chunk).
+TileReader = ChunkReader
 
 
 def _blosc_pipeline(codecs: list[dict[str, Any]], dtype: np.dtype) -> bool:
-    """True for exactly ``[bytes (little endian or none), blosc]``."""
+    """True for exactly ``[bytes (little endian, or any for 1-byte data), blosc]``."""
     if len(codecs) != 2 or codecs[0]["name"] != "bytes" or codecs[1]["name"] != "blosc":
         return False
     endian = codecs[0].get("configuration", {}).get("endian")

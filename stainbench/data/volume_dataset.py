@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from stainbench.data.augment import PatchParams, apply_params
+from stainbench.data.fastread import ChunkReader
 from stainbench.data.stats import FIELDS
 from stainbench.data.store import TileStore, VolumeRef, open_store
 from stainbench.data.transforms import MODES, Normalization
@@ -92,6 +93,8 @@ class VolumePatchDataset(Dataset):
         self.augment = (split == "train") if augment is None else bool(augment)
         self.manifest_hash = opened.manifest_hash
         self._store: TileStore | None = None
+        self._readers: dict[tuple[str, str], ChunkReader | None] = {}
+        self.fast_read = True
         self.domains = opened.domains(split)
         self.spans = self._spans(opened, opened.volumes(split))
         self._cum = np.cumsum([s.n_grid for s in self.spans])
@@ -154,6 +157,7 @@ class VolumePatchDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_store"] = None  # each worker opens the store itself
+        state["_readers"] = {}
         return state
 
     @property
@@ -161,6 +165,15 @@ class VolumePatchDataset(Dataset):
         if self._store is None:
             self._store = open_store(self.path)
         return self._store
+
+    def _reader(self, volume: str, domain: str) -> ChunkReader | None:
+        """Fast chunk reader of one volume array (None: read through zarr)."""
+        if not self.fast_read:
+            return None
+        key = (volume, domain)
+        if key not in self._readers:
+            self._readers[key] = ChunkReader.for_array(self.path / "volumes" / volume / domain)
+        return self._readers[key]
 
     def __len__(self) -> int:
         return self.length
@@ -196,8 +209,12 @@ class VolumePatchDataset(Dataset):
         out = {}
         for domain in self.domains:
             zr = z_a if domain == "A" else z_b
-            arr = self.store.volume_array(span.name, domain)
-            raw = np.asarray(arr[zr[0] : zr[1], params.y : params.y + p, params.x : params.x + p])
+            region = (slice(*zr), slice(params.y, params.y + p), slice(params.x, params.x + p))
+            reader = self._reader(span.name, domain)
+            if reader is not None:
+                raw = reader.read(region)
+            else:
+                raw = np.asarray(self.store.volume_array(span.name, domain)[region])
             cdhw = apply_params(raw, params)  # (C, D, P, P)
             x = self._norm(domain, span.name).forward(cdhw, channel_axis=0)
             if self.mode == "3d":

@@ -146,18 +146,25 @@ def test_fast_tile_reader_matches_zarr(tmp_path: Path, shards: bool) -> None:
             dtype=dtype,
             chunks=(1, 9, 11, 3),
             shards=(32, 9, 11, 3) if shards else None,
-            compressors=compressor(),
+            compressors=compressor(dtype),
             fill_value=0,
         )
         arr[:65] = data[:65]  # tiles 65..69 never written: read as the fill value
         reader = TileReader.for_array(tmp_path / f"{dtype.__name__}{shards}.zarr" / "x")
         assert reader is not None
         for n in (0, 31, 32, 64, 65, 69):
-            np.testing.assert_array_equal(reader.read(n), arr[n])
-    other = g.create_array("y", shape=(4, 9, 11, 3), dtype="u1", chunks=(2, 9, 11, 3))
-    assert (
-        other is not None and TileReader.for_array(tmp_path / f"uint16{shards}.zarr" / "y") is None
+            np.testing.assert_array_equal(reader.read_tile(n), arr[n])
+        region = (slice(30, 67), slice(2, 9), slice(0, 5))
+        np.testing.assert_array_equal(reader.read(region), arr[region])
+    multi = g.create_array(
+        "y", shape=(4, 9, 11, 3), dtype="u1", chunks=(2, 9, 11, 3), compressors=compressor()
     )
+    multi[...] = 7
+    y = TileReader.for_array(tmp_path / f"uint16{shards}.zarr" / "y")
+    assert y is not None and (y.read_tile(3) == 7).all()  # several tiles per chunk
+    default = g.create_array("z", shape=(2, 4, 4, 1), dtype="u1", chunks=(1, 4, 4, 1))
+    default[...] = 1  # zarr's default codec (zstd) is not our layout: zarr is used instead
+    assert TileReader.for_array(tmp_path / f"uint16{shards}.zarr" / "z") is None
 
 
 def test_fast_and_zarr_paths_give_identical_items(paired) -> None:

@@ -1,0 +1,150 @@
+"""Statistics pass over large synthetic volumes: speed against a plain sequential read of the
+same files, and peak memory.
+
+For each size (GB of uint16 voxels), a volume store is written with the project's defaults
+(chunks 8 x 256 x 256, Blosc LZ4 + byte shuffle): a smooth 2048 x 2048 pattern drifting with
+z plus noise, so it compresses like real microscopy rather than like pure noise. Then, with the
+store's files evicted from the page cache before each run (``posix_fadvise DONTNEED`` on our
+own files only):
+
+1. ``read``: every file of the store read sequentially in 8 MB blocks (Python, one process):
+   the plain sequential read speed of the same files;
+2. ``stats``: ``stainbench data stats STORE`` in a fresh process (one streaming pass: read,
+   decompress, histogram), timed, with its peak RSS from ``/usr/bin/time``.
+
+``ratio`` = read time / stats time (>= 0.8 is the target). The files are deleted afterwards
+unless ``--keep``.
+
+    .venv/bin/python benchmarks/data_stats_volume.py [--sizes 4,8] [--dir /tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stainbench.data.store import create_store, finalize_store
+from stainbench.data.writer import create_volume_array
+
+SIDE = 2048
+CHUNKS = (8, 256, 256, 1)
+
+
+def write_volume(path: Path, gigabytes: float, seed: int = 0) -> tuple[int, ...]:
+    """A uint16 (Z, 2048, 2048, 1) volume of about ``gigabytes`` GB, written slab by slab."""
+    z = max(8, int(gigabytes * 1e9 / (SIDE * SIDE * 2)) // 8 * 8)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32)
+    base = 1500 + 800 * np.sin(xx / 97.0) * np.cos(yy / 131.0)
+    group = create_store(path, "volume", force=True)
+    arr = create_volume_array(group, "volumes/synthetic/A", (z, SIDE, SIDE, 1), "u2", CHUNKS)
+    for z0 in range(0, z, 8):
+        shift = np.stack([np.roll(base, 3 * (z0 + k), axis=1) for k in range(8)])
+        noise = rng.integers(0, 64, shift.shape, dtype=np.uint16)
+        arr[z0 : z0 + 8] = (shift.astype(np.uint16) + noise)[..., None]
+    manifest = {
+        "created_by": "benchmarks/data_stats_volume.py",
+        "split": {"method": "volume", "volumes": {"train": [{"name": "synthetic", "z": [0, z]}]}},
+    }
+    finalize_store(group, manifest, None)
+    return (z, SIDE, SIDE, 1)
+
+
+def files_of(path: Path) -> list[Path]:
+    return sorted(f for f in path.rglob("*") if f.is_file())
+
+
+def evict(path: Path) -> None:
+    """Drop our own files from the page cache (no effect on anything else)."""
+    for f in files_of(path):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def sequential_read(path: Path) -> tuple[int, float]:
+    total, start = 0, time.perf_counter()
+    for f in files_of(path):
+        with open(f, "rb") as fh:
+            while block := fh.read(8 << 20):
+                total += len(block)
+    return total, time.perf_counter() - start
+
+
+def stats_pass(path: Path, scheduler: str | None) -> tuple[float, int]:
+    cmd = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "stainbench", "data", "stats"]
+    cmd += [str(path)] + (["--scheduler", scheduler] if scheduler else [])
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"stats failed: {proc.stderr[-2000:]}")
+    rss_kb = int(proc.stderr.strip().splitlines()[-1])
+    return elapsed, rss_kb * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="4,8", help="volume sizes in GB, comma separated")
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/data_stats.json"))
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    results = []
+    for size in (float(s) for s in args.sizes.split(",")):
+        path = Path(tempfile.mkdtemp(prefix=f"sb_stats_{size:g}gb_", dir=args.dir)) / "v.zarr"
+        try:
+            t0 = time.perf_counter()
+            shape = write_volume(path, size)
+            write_s = time.perf_counter() - t0
+            raw = int(np.prod(shape)) * 2
+            evict(path)
+            nbytes, read_s = sequential_read(path)
+            evict(path)
+            stats_s, rss = stats_pass(path, None)
+            row = {
+                "size_gb": raw / 1e9,
+                "shape": list(shape),
+                "file_bytes": nbytes,
+                "compression": raw / nbytes,
+                "write_s": write_s,
+                "read_s": read_s,
+                "read_MBps_files": nbytes / 1e6 / read_s,
+                "stats_s": stats_s,
+                "stats_MBps_files": nbytes / 1e6 / stats_s,
+                "stats_MBps_voxels": raw / 1e6 / stats_s,
+                "ratio_read_over_stats_time": read_s / stats_s,
+                "stats_peak_rss_MB": rss / 1e6,
+                "load_after": os.getloadavg(),
+            }
+            results.append(row)
+            print(json.dumps(row), flush=True)
+        finally:
+            if not args.keep:
+                shutil.rmtree(path.parent, ignore_errors=True)
+    report = {
+        "benchmark": "statistics pass over uint16 volumes vs sequential read of the same files",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+        "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
