@@ -261,6 +261,10 @@ class TritonServer:
                     raise
                 log.info("a picked port was taken meanwhile; retrying with other ports")
                 self._cleanup(keep_log=False)
+            except BaseException:  # Ctrl-C or a bug while starting: leave nothing running
+                self._terminate()
+                self._cleanup(keep_log=False)
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def stop(self, keep_log: bool = False) -> None:
@@ -385,20 +389,20 @@ class TritonServer:
         assert self._proc is not None
         ports = {self.http_port, self.grpc_port}
         try:
-            procs = [psutil.Process(self._proc.pid)]
+            proc = psutil.Process(self._proc.pid)
+            # psutil >= 6 names it net_connections; 5.x only has connections
+            connections = getattr(proc, "net_connections", None) or proc.connections
             listening = {
-                c.laddr.port
-                for p in procs
-                for c in p.net_connections(kind="tcp")
-                if c.status == psutil.CONN_LISTEN
+                c.laddr.port for c in connections(kind="tcp") if c.status == psutil.CONN_LISTEN
             }
         except psutil.Error as exc:
             raise self._fail(f"cannot inspect tritonserver (pid {self._proc.pid}): {exc}") from exc
         missing = ports - listening
         if missing:
             raise ServingError(
-                f"the server answering on {self.host} ports {sorted(missing)} is not the one "
-                f"started here (pid {self._proc.pid}); server log: {self._log_path}"
+                f"port(s) {sorted(missing)} on {self.host} are already in use by another "
+                f"server (not the tritonserver started here, pid {self._proc.pid}); "
+                f"server log: {self._log_path}"
             )
         status, body = self._http_get("/v2/repository/index", method="POST")
         if status != 200:

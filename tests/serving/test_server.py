@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import urllib.request
 from pathlib import Path
@@ -104,6 +105,26 @@ def test_slow_model_times_out_naming_it(tmp_path: Path) -> None:
     write_numpy_model(tmp_path, "sluggish", load_delay_s=60)
     with pytest.raises(ServingError, match=r"not ready within 2 s; still loading: sluggish"):
         TritonServer(tmp_path, timeout=2, grace=1).start()
+    assert {p.pid for p in _our_tritonservers()} <= before
+
+
+def test_interrupt_while_starting_leaves_nothing_running(tmp_path: Path) -> None:
+    before = {p.pid for p in _our_tritonservers()}
+    write_numpy_model(tmp_path, "sluggish", load_delay_s=60)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1.5)
+        srv = TritonServer(tmp_path, timeout=60, grace=1)
+        with pytest.raises(KeyboardInterrupt):
+            srv.start()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not srv.is_running()
     assert {p.pid for p in _our_tritonservers()} <= before
 
 
