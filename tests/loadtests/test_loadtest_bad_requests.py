@@ -77,8 +77,9 @@ BAD_HTTP: dict[str, tuple[str, Callable[[], Body], int, str]] = {
     ),
     "wrong input name": ("invert", lambda: _body(GOOD, name="IMAGE"), 400, "'IMAGE'"),
     "unknown model": ("no_such_model", lambda: _body(GOOD), 404, "unknown model"),
-    "garbage body": ("invert", lambda: (b"\x00\xff garbage \x13" * 50, None), 400, "JSON"),
-    "garbage with a header length": ("invert", lambda: (bytes(range(256)) * 4, 64), 400, ""),
+    # Triton 2.51 answers an unparsable header with 500 (not 400), with a clear message.
+    "garbage body": ("invert", lambda: (b"\x00\xff garbage \x13" * 50, None), 500, "JSON"),
+    "garbage with a header length": ("invert", lambda: (bytes(range(256)) * 4, 64), 500, "JSON"),
     "truncated binary tensor": ("invert", _truncated, 400, "additional bytes"),
 }  # fmt: skip
 
@@ -88,18 +89,11 @@ def test_bad_http_requests_get_errors_and_the_server_keeps_answering(
 ) -> None:
     before = _good_output(lt_server, GOOD)
     np.testing.assert_array_equal(before, 255 - GOOD)
-    seen = {}
     for case, (model, make, status, fragment) in BAD_HTTP.items():
         code, _, data = _post(lt_server, model, *make())
         message = json.loads(data)["error"]
-        seen[case] = (code, message)
-        assert 400 <= code < 600, f"{case}: status {code}"
-        assert message, f"{case}: empty error message"
+        assert code == status, f"{case}: status {code}: {message}"
         assert fragment in message, f"{case}: {message!r}"
-        if status == 404:
-            assert code == 404, f"{case}: {code} {message}"
-    # Triton's own validation answers 4xx (client errors), never a 5xx, for all of these.
-    assert all(400 <= code < 500 or case.startswith("garbage") for case, (code, _) in seen.items())
     after = _good_output(lt_server, GOOD)
     np.testing.assert_array_equal(after, before)
     assert lt_server.is_running()
