@@ -115,8 +115,13 @@ def loadtest(
         ),
     ] = None,
     protocol: Annotated[
-        str, typer.Option("--protocol", help="http (binary tensors) or grpc.")
-    ] = "http",
+        str | None,
+        typer.Option(
+            "--protocol",
+            help="http (binary tensors) or grpc. Default: from --url's scheme (grpc:// is "
+            "gRPC), else http.",
+        ),
+    ] = None,
     users: Annotated[
         int, typer.Option("--users", "-u", help="Concurrent users (requests in flight).")
     ] = 4,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import math
 import os
@@ -72,15 +73,16 @@ class LoadTestSpec:
     model. ``tiles``: zarr store or ``.npy`` (``None``: the demo store); from a store,
     ``split``/``domain`` and at most ``max_tiles`` tiles are used. ``users``: concurrent
     closed-loop users; ``spawn_rate``: users started per second (default: all in 1 s).
-    ``workers``: 0 runs Locust in one process, K > 0 a master and K worker processes on
-    127.0.0.1.
+    ``protocol``: ``None`` takes it from the URL's scheme (``grpc://`` is gRPC, anything else
+    HTTP) and is HTTP for the embedded server. ``workers``: 0 runs Locust in one process,
+    K > 0 a master and K worker processes on 127.0.0.1.
     """
 
     url: str | None = None
     repo: Path | None = None
     models: str | None = None
     tiles: Path | None = None
-    protocol: Protocol = "http"
+    protocol: Protocol | None = None
     users: int = 4
     spawn_rate: float | None = None
     run_time: str = "60s"
@@ -136,7 +138,7 @@ def validate_spec(spec: LoadTestSpec) -> int:
     """Raise :class:`ConfigError` (one line) for an invalid option; returns run time (s)."""
     if spec.url and spec.repo:
         raise ConfigError("give either --url (a running server) or --repo (embedded), not both")
-    if spec.protocol not in USER_CLASSES:
+    if spec.protocol is not None and spec.protocol not in USER_CLASSES:
         raise ConfigError(f"--protocol must be 'http' or 'grpc', got {spec.protocol!r}")
     if spec.users < 1:
         raise ConfigError(f"--users must be >= 1, got {spec.users}")
@@ -162,6 +164,15 @@ def validate_spec(spec: LoadTestSpec) -> int:
     if not locustfile.is_file():
         raise ConfigError(f"locustfile {locustfile} not found; give --locustfile PATH")
     return parse_run_time(spec.run_time)
+
+
+def resolve_protocol(spec: LoadTestSpec) -> Protocol:
+    """The protocol asked for, else the URL's (``grpc://`` -> gRPC), else HTTP."""
+    if spec.protocol is not None:
+        return spec.protocol
+    if spec.url and spec.url.strip().lower().startswith("grpc://"):
+        return "grpc"
+    return "http"
 
 
 # ----------------------------------------------------------------------------- the server
@@ -286,7 +297,7 @@ def locust_commands(
         "--html", str(out / "report.html"),
         "--only-summary",
     ]  # fmt: skip
-    user_class = [USER_CLASSES[spec.protocol]]
+    user_class = [USER_CLASSES[resolve_protocol(spec)]]
     if spec.workers == 0:
         return [base + run + custom + user_class]
     port = _free_port()
@@ -408,6 +419,7 @@ def run_loadtest(
     """
     stage = on_stage or (lambda _text: None)
     run_time_s = validate_spec(spec)
+    spec = dataclasses.replace(spec, protocol=resolve_protocol(spec))
     out = Path(spec.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory")

@@ -232,3 +232,20 @@ def test_a_saturated_load_generator_is_reported(tmp_path: Path) -> None:
     )
     assert len(locust_warnings(tmp_path)) == 1
     assert "--workers" in locust_warnings(tmp_path)[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "protocol", "expected"),
+    [
+        (None, None, "http"),
+        ("grpc://127.0.0.1:8001", None, "grpc"),
+        ("http://127.0.0.1:8000", None, "http"),
+        ("127.0.0.1:8001", "grpc", "grpc"),
+    ],
+)
+def test_protocol_follows_the_url_unless_given(
+    url: str | None, protocol: str | None, expected: str
+) -> None:
+    from stainbench.loadtest.runner import resolve_protocol
+
+    assert resolve_protocol(LoadTestSpec(url=url, protocol=protocol)) == expected  # type: ignore[arg-type]
