@@ -39,14 +39,14 @@ def render(result: LoadTestResult) -> None:
         f"{result.protocol.upper()} load test · {result.host} · {result.users} users · "
         f"{result.run_time_s} s" + (f" · {result.workers} workers" if result.workers else "")
     )
-    table = Table(title=title, header_style="bold")
+    table = Table(title=title, caption="latency percentiles in ms", header_style="bold")
     width = max([5, *(len(row.name) for row in result.summary.endpoints)])
     table.add_column("model", min_width=width, no_wrap=True)
-    for col in ("requests", "failures", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms"):
-        table.add_column(col, justify="right")
+    for col in ("requests", "failed", "req/s", "p50", "p95", "p99", "max"):
+        table.add_column(col, justify="right", no_wrap=True)
     for row in [*result.summary.endpoints, result.summary.aggregated]:
         name = "[bold]all[/]" if row.name == "Aggregated" else row.name
-        fails = f"{row.failures} ({row.failure_rate:.1%})"
+        fails = f"{row.failures} ({row.failure_rate:.0%})" if row.failures else "0"
         table.add_row(
             name,
             str(row.requests),
