@@ -214,3 +214,37 @@ def test_diagnose_log_port_and_generic_errors() -> None:
     assert diagnose_log(generic) == "Internal: something odd"
     assert diagnose_log("") == ""
     assert diagnose_log("plain last line\n") == "plain last line"
+
+
+def test_environment_puts_venv_and_wheel_libraries_first() -> None:
+    import sysconfig
+
+    from stainbench.serving.runtime import server_environment
+
+    install = find_triton()
+    env = server_environment(install, {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/lib"})
+    assert env["PATH"].split(os.pathsep) == [str(Path(os.sys.executable).parent), "/usr/bin"]
+    ld = env["LD_LIBRARY_PATH"].split(os.pathsep)
+    assert ld == [str(install.libs), sysconfig.get_config_var("LIBDIR"), "/opt/lib"]
+    assert "PATH" in server_environment(install, {})
+
+
+def test_command_flags_for_cpu_gpu_and_model_selection(tmp_path: Path) -> None:
+    install = find_triton()
+    cpu = TritonServer(tmp_path, "0.0.0.0", 1, 2, 3, gpu=False, models=["a", "b"], grace=4)
+    cmd = cpu.command(install, tmp_path / "backends")
+    assert cmd[0] == str(install.binary)
+    assert "--http-address=0.0.0.0" in cmd and "--grpc-port=2" in cmd and "--metrics-port=3" in cmd
+    assert "--model-control-mode=explicit" in cmd
+    assert [c for c in cmd if c.startswith("--load-model=")] == ["--load-model=a", "--load-model=b"]
+    assert "--pinned-memory-pool-byte-size=0" in cmd and "--exit-timeout-secs=4" in cmd
+    gpu = TritonServer(tmp_path, gpu=True, extra_args=["--log-info=false"]).command(
+        install, tmp_path
+    )
+    assert "--pinned-memory-pool-byte-size=0" not in gpu
+    assert "--allow-gpu-metrics=false" not in gpu
+    assert not any(c.startswith("--model-control-mode") for c in gpu)
+    assert gpu[-1] == "--log-info=false"
+    # a server bound to the wildcard address is reached over loopback
+    cpu.http_port = 8000
+    assert cpu.http_url == "http://127.0.0.1:8000"
