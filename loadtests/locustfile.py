@@ -20,6 +20,8 @@ from stainbench.loadtest.users import (
     TritonHttpUser,
     close_grpc_clients,
     exit_promptly,
+    install_latency_recorder,
+    let_csv_writer_finish,
 )
 
 __all__ = ["TritonGrpcUser", "TritonHttpUser"]
@@ -30,7 +32,11 @@ def _stainbench_arguments(parser: Any) -> None:
     add_locust_arguments(parser)
 
 
+# Raw per-request latencies (exact percentiles) when --latency-dir is given.
+events.init.add_listener(install_latency_recorder)
 # gRPC channels are closed before Locust stops, and the process leaves at most a few seconds
 # after Locust's final report even if grpcio's threads would keep it alive.
 events.quitting.add_listener(close_grpc_clients)
+# Locust's stats CSV is rewritten once a second: let it catch the last second.
+events.quitting.add_listener(let_csv_writer_finish)
 events.quit.add_listener(exit_promptly)

@@ -52,16 +52,21 @@ def render(result: LoadTestResult) -> None:
             str(row.requests),
             f"[red]{fails}[/]" if row.failures else fails,
             f"{row.requests_per_s:.1f}",
-            _fmt(row.percentiles_ms.get("50%", math.nan)),
+            _fmt(row.percentile("50%")),
             _fmt(row.p95_ms),
-            _fmt(row.percentiles_ms.get("99%", math.nan)),
+            _fmt(row.percentile("99%")),
             _fmt(row.max_ms),
         )
     out_console.print(table)
     tiles = result.tiles
     out_console.print(
         f"tiles {tiles.count} x {tiles.height}x{tiles.width} from {tiles.source} · "
-        f"mix {result.mix} · percentiles are Locust's (about 2 significant digits)",
+        f"mix {result.mix} · "
+        + (
+            "percentiles exact, from every request's latency"
+            if result.summary.aggregated.raw_percentiles_ms
+            else "percentiles are Locust's (about 2 significant digits)"
+        ),
         highlight=False,
         soft_wrap=True,
     )
@@ -73,7 +78,7 @@ def render(result: LoadTestResult) -> None:
         )
     for warning in result.warnings:
         out_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    folder = next(iter(result.files.values())).parent if result.files else None
+    folder = result.files["summary.json"].parent if "summary.json" in result.files else None
     out_console.print(f"files in {folder}: {', '.join(result.files)}", soft_wrap=True)
     if result.violations:
         for line in result.violations:

@@ -137,6 +137,14 @@ def add_locust_arguments(parser: Any) -> None:
         help="Per-request limit in seconds (default 30).",
     )
     group.add_argument(
+        "--latency-dir",
+        type=str,
+        default="",
+        env_var="STAINBENCH_LATENCY_DIR",
+        help="Folder for raw per-request latencies, one latencies_<pid>.csv per process "
+        "(default: none).",
+    )
+    group.add_argument(
         "--mix-seed",
         type=int,
         default=0,

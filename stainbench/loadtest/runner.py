@@ -283,6 +283,7 @@ def locust_commands(
         "--batch-size", str(spec.batch_size),
         "--request-timeout", str(spec.request_timeout_s),
         "--mix-seed", str(spec.seed),
+        "--latency-dir", str(out / "latencies"),
     ]  # fmt: skip
     spawn_rate = spec.spawn_rate if spec.spawn_rate is not None else float(spec.users)
     run = [
@@ -428,7 +429,7 @@ def run_loadtest(
     tiles = prepare_tiles(
         spec.tiles, out, split=spec.split, domain=spec.domain, max_tiles=spec.max_tiles
     )
-    for stale in out.glob("locust_*.csv"):
+    for stale in [*out.glob("locust_*.csv"), *out.glob("latencies/latencies_*.csv")]:
         stale.unlink()
     t0 = time.monotonic()
     stage("starting the Triton server" if not spec.url else "checking the server")
@@ -447,11 +448,13 @@ def run_loadtest(
             f"Locust exited with code {code} (log: {out / 'locust.log'}: "
             f"{_log_tail(out / 'locust.log')})"
         )
-    summary = read_summary(out / "locust")
+    summary = read_summary(out / "locust", raw_dir=out / "latencies")
     violations = slo_violations(summary, spec.max_p95_ms, spec.max_failure_rate)
     files = {p.name: p for p in sorted(out.iterdir()) if p.name.startswith("locust")}
     if (out / "report.html").is_file():
         files["report.html"] = out / "report.html"
+    if (out / "latencies").is_dir():
+        files["latencies/"] = out / "latencies"
     result = LoadTestResult(
         host=host,
         protocol=protocol,

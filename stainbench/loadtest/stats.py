@@ -3,16 +3,19 @@
 ``PREFIX_stats.csv`` has one row per (request type, name), i.e. per model here, and an
 ``Aggregated`` row; ``PREFIX_failures.csv`` one row per distinct error;
 ``PREFIX_stats_history.csv`` cumulative counts over time. Times are milliseconds; Locust's
-percentiles are bucketed to about two significant digits (integer ms below 100 ms).
+percentiles are bucketed to about two significant digits (integer ms below 100 ms), so the
+users can also write raw latencies (``--latency-dir``) from which exact ones are computed.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from stainbench.errors import BenchmarkError
 
@@ -35,6 +38,8 @@ class EndpointStats:
     requests_per_s: float
     failures_per_s: float
     percentiles_ms: dict[str, float] = field(default_factory=dict)
+    #: Exact percentiles from raw samples (same keys), when they were recorded.
+    raw_percentiles_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def failure_rate(self) -> float:
@@ -43,7 +48,13 @@ class EndpointStats:
 
     @property
     def p95_ms(self) -> float:
-        return self.percentiles_ms.get("95%", math.nan)
+        """Exact p95 when raw samples exist, else Locust's bucketed one (ms)."""
+        return self.percentile("95%")
+
+    def percentile(self, key: str) -> float:
+        """``key`` like ``"95%"``: exact from raw samples when recorded, else Locust's (ms)."""
+        source = self.raw_percentiles_ms or self.percentiles_ms
+        return source.get(key, math.nan)
 
 
 @dataclass(frozen=True)
@@ -91,8 +102,27 @@ def _endpoint(row: dict[str, str]) -> EndpointStats:
     )
 
 
-def read_summary(prefix: str | Path) -> LoadSummary:
-    """Parse ``PREFIX_stats.csv`` and ``PREFIX_failures.csv``.
+def read_raw_latencies(folder: str | Path) -> dict[str, np.ndarray]:
+    """Raw latencies (ms, float64) per request name from ``folder/latencies_*.csv``, all
+    requests (successes and failures) as Locust counts them; ``{}`` when none were written."""
+    samples: dict[str, list[float]] = {}
+    for path in sorted(Path(folder).glob("latencies_*.csv")):
+        with path.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                samples.setdefault(row["name"], []).append(float(row["ms"]))
+    return {name: np.asarray(values, dtype=np.float64) for name, values in samples.items()}
+
+
+def _exact(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {}
+    qs = [float(p.rstrip("%")) for p in PERCENTILES]
+    return dict(zip(PERCENTILES, map(float, np.percentile(values, qs)), strict=True))
+
+
+def read_summary(prefix: str | Path, raw_dir: str | Path | None = None) -> LoadSummary:
+    """Parse ``PREFIX_stats.csv`` and ``PREFIX_failures.csv``; with ``raw_dir``, add exact
+    percentiles from the raw latency files in it (:func:`read_raw_latencies`).
 
     Raises :class:`BenchmarkError` when the stats file is missing or has no ``Aggregated``
     row (Locust did not get far enough to write it).
@@ -109,6 +139,13 @@ def read_summary(prefix: str | Path) -> LoadSummary:
         raise BenchmarkError(f"{stats_path} is not a Locust stats file ({exc})") from None
     if not aggregated:
         raise BenchmarkError(f"{stats_path} has no 'Aggregated' row: the run did not finish")
+    raw = read_raw_latencies(raw_dir) if raw_dir is not None else {}
+    if raw:
+        every = np.concatenate(list(raw.values()))
+        endpoints = [
+            replace(e, raw_percentiles_ms=_exact(raw.get(e.name, np.empty(0)))) for e in endpoints
+        ]
+        aggregated = [replace(aggregated[0], raw_percentiles_ms=_exact(every))]
     failures: list[FailureRow] = []
     failures_path = Path(f"{prefix}_failures.csv")
     if failures_path.is_file():

@@ -13,11 +13,13 @@ time): ``--users`` is the number of requests in flight. After a failure a user p
 
 from __future__ import annotations
 
+import csv
 import itertools
 import os
 import random
 import time
 import weakref
+from pathlib import Path
 from typing import Any, ClassVar
 
 import gevent
@@ -176,3 +178,53 @@ def exit_promptly(exit_code: int, grace_s: float = 5.0, **_kwargs: Any) -> None:
         os._exit(exit_code)
 
     start_thread(_watchdog, ())
+
+
+class LatencyRecorder:
+    """Keeps every request's latency (ms, unrounded) and writes them as CSV when asked.
+
+    Locust's own percentiles are bucketed to about two significant digits; these raw samples
+    let ``stainbench loadtest`` compute exact ones. One file per process:
+    ``latencies_<pid>.csv`` with columns ``name, ms, ok``.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / f"latencies_{os.getpid()}.csv"
+        self.rows: list[tuple[str, float, int]] = []
+
+    def on_request(
+        self, name: str, response_time: float, exception: Any = None, **_kwargs: Any
+    ) -> None:
+        self.rows.append((name, float(response_time), 0 if exception else 1))
+
+    def write(self, **_kwargs: Any) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(("name", "ms", "ok"))
+            writer.writerows(self.rows)
+
+
+def install_latency_recorder(environment: Any, **_kwargs: Any) -> None:
+    """An ``init`` listener: record raw latencies when ``--latency-dir`` is given."""
+    folder = str(getattr(environment.parsed_options, "latency_dir", "") or "")
+    if not folder:
+        return
+    recorder = LatencyRecorder(Path(folder))
+    environment.events.request.add_listener(recorder.on_request)
+    environment.events.quitting.add_listener(recorder.write)
+
+
+def let_csv_writer_finish(environment: Any, **_kwargs: Any) -> None:
+    """A ``quitting`` listener: give Locust's CSV writer one more turn before it closes.
+
+    Locust rewrites ``*_stats.csv`` once a second and closes the files at exit without a
+    final write, so the file can miss the last second of requests. When ``quitting`` fires
+    the users have stopped (and workers have sent their final report), so one more turn of
+    the writer makes the CSV match the final statistics.
+    """
+    from locust.stats import CSV_STATS_INTERVAL_SEC
+
+    options = environment.parsed_options
+    if getattr(options, "csv_prefix", None) and not getattr(options, "worker", False):
+        gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.25)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from stainbench.loadtest.runner import LoadTestSpec, run_loadtest
+from stainbench.loadtest.stats import read_raw_latencies
 from stainbench.serving.server import TritonServer
 
 
@@ -54,7 +55,17 @@ def test_short_http_run_has_no_failures_and_a_summary_from_the_csv(
     with (out / "locust_stats.csv").open() as fh:
         row = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
     assert int(row["Request Count"]) == agg.requests
-    assert float(row["95%"]) == agg.p95_ms
+    assert float(row["95%"]) == agg.percentiles_ms["95%"]
+    # Exact percentiles from every request's raw latency, consistent with Locust's buckets.
+    raw = read_raw_latencies(out / "latencies")
+    assert sum(v.size for v in raw.values()) == agg.requests
+    assert {k: v.size for k, v in raw.items()} == {
+        e.name: e.requests for e in result.summary.endpoints
+    }
+    for key in ("50%", "95%"):
+        locust_ms, exact_ms = agg.percentiles_ms[key], agg.raw_percentiles_ms[key]
+        assert abs(exact_ms - locust_ms) <= max(2.0, 0.1 * locust_ms), (key, exact_ms, locust_ms)
+    assert agg.p95_ms == agg.raw_percentiles_ms["95%"]
     # Every request and response carried the tiles: 32x32x3 uint8 plus a small JSON header.
     assert 3072 < float(row["Average Content Size"]) < 3072 + 400
     assert "Shutting down (exit code 0)" in (out / "locust.log").read_text()

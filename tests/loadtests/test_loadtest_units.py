@@ -249,3 +249,32 @@ def test_protocol_follows_the_url_unless_given(
     from stainbench.loadtest.runner import resolve_protocol
 
     assert resolve_protocol(LoadTestSpec(url=url, protocol=protocol)) == expected  # type: ignore[arg-type]
+
+
+def test_exact_percentiles_from_raw_latency_files_drive_the_objectives(tmp_path: Path) -> None:
+    prefix = tmp_path / "locust"
+    pct = [10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10]  # Locust's buckets: all "10 ms"
+    _write_stats(
+        prefix,
+        [
+            ["HTTP", "a", 100, 0, 10, 10, 9, 11, 3072, 9.5, 0.0, *pct],
+            ["", "Aggregated", 100, 0, 10, 10, 9, 11, 3072, 9.5, 0.0, *pct],
+        ],
+    )
+    raw = tmp_path / "latencies"
+    raw.mkdir()
+    ms = np.linspace(9.0, 10.9, 100)
+    for i, part in enumerate((ms[:60], ms[60:])):  # two processes
+        rows = "".join(f"a,{v!r},1\n" for v in part)
+        (raw / f"latencies_{i}.csv").write_text("name,ms,ok\n" + rows)
+    summary = read_summary(prefix, raw_dir=raw)
+    agg = summary.aggregated
+    assert agg.percentiles_ms["95%"] == 10
+    assert agg.p95_ms == pytest.approx(np.percentile(ms, 95))
+    assert summary.endpoints[0].raw_percentiles_ms == agg.raw_percentiles_ms
+    assert slo_violations(summary, max_p95_ms=10.5, max_failure_rate=None) == [
+        f"all models: p95 {agg.p95_ms:g} ms > 10.5 ms",
+        f"model 'a': p95 {agg.p95_ms:g} ms > 10.5 ms",
+    ]
+    # Without raw files the bucketed value is used.
+    assert read_summary(prefix, raw_dir=tmp_path / "none").aggregated.p95_ms == 10
