@@ -109,6 +109,33 @@ def measure(ds: Dataset, workers: int, n: int) -> float:
     return count / elapsed
 
 
+def raw_reads(work: Path, n: int) -> dict[str, float]:
+    """uint8 tiles/s of decoding alone (one process, no augmentation, normalization, batching):
+    Pillow PNG decode vs the store's fast tile reader vs zarr indexing, same tiles."""
+    import zarr
+
+    from stainbench.data.fastread import ChunkReader
+
+    reader = ChunkReader.for_array(work / "sharded.zarr" / "train" / "A")
+    arr = zarr.open_array(str(work / "sharded.zarr" / "train" / "A"), mode="r")
+    assert reader is not None
+    readers = {
+        "png (Pillow)": lambda i: np.asarray(Image.open(work / "png" / "A" / f"{i:05d}.png")),
+        "zarr layout, fast reader": reader.read_tile,
+        "zarr layout, zarr API": lambda i: arr[i],
+    }
+    out = {}
+    for name, read in readers.items():
+        for i in range(min(n, 32)):  # warm-up
+            read(i)
+        start = time.perf_counter()
+        for i in range(n):
+            read(i)
+        out[name] = n / (time.perf_counter() - start)
+        print(f"decode only, {name:28s}: {out[name]:8.1f} tiles/s", flush=True)
+    return out
+
+
 def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -146,6 +173,7 @@ def main() -> None:
             "zarr 1x256x256x3 (sharded 64), zarr API": du(work / "sharded.zarr"),
             "zarr 8x256x256x3, zarr API": du(work / "chunk8.zarr"),
         }
+        decode = raw_reads(work, args.n)
         results = []
         for workers in (0, 2):
             for name, make in cases.items():
@@ -167,6 +195,7 @@ def main() -> None:
             "load_before": os.getloadavg(),
             "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
             "bytes_on_disk": sizes,
+            "decode_only_tiles_per_s": decode,
             "results": results,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)

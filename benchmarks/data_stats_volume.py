@@ -84,16 +84,17 @@ def sequential_read(path: Path) -> tuple[int, float]:
     return total, time.perf_counter() - start
 
 
-def stats_pass(path: Path, scheduler: str | None) -> tuple[float, int]:
-    cmd = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "stainbench", "data", "stats"]
+def stats_pass(path: Path, scheduler: str | None) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS in bytes and CPU seconds (user + sys) of one stats run."""
+    cmd = ["/usr/bin/time", "-f", "%M %U %S", sys.executable, "-m", "stainbench", "data", "stats"]
     cmd += [str(path)] + (["--scheduler", scheduler] if scheduler else [])
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"stats failed: {proc.stderr[-2000:]}")
-    rss_kb = int(proc.stderr.strip().splitlines()[-1])
-    return elapsed, rss_kb * 1024
+    rss_kb, user, system = proc.stderr.strip().splitlines()[-1].split()
+    return elapsed, int(rss_kb) * 1024, float(user) + float(system)
 
 
 def main() -> None:
@@ -114,7 +115,7 @@ def main() -> None:
             evict(path)
             nbytes, read_s = sequential_read(path)
             evict(path)
-            stats_s, rss = stats_pass(path, None)
+            stats_s, rss, cpu_s = stats_pass(path, None)
             row = {
                 "size_gb": raw / 1e9,
                 "shape": list(shape),
@@ -128,6 +129,8 @@ def main() -> None:
                 "stats_MBps_voxels": raw / 1e6 / stats_s,
                 "ratio_read_over_stats_time": read_s / stats_s,
                 "stats_peak_rss_MB": rss / 1e6,
+                "stats_cpu_s": cpu_s,
+                "stats_MBps_files_per_cpu_s": nbytes / 1e6 / cpu_s,
                 "load_after": os.getloadavg(),
             }
             results.append(row)
