@@ -130,9 +130,14 @@ def load_val_tiles(
 
 
 def warmup_tile(side: int, val: np.ndarray | None, seed: int) -> np.ndarray:
-    """A uint8 ``(side, side, 3)`` sample tile: a real one when big enough, else random."""
-    if val is not None and len(val) and val.shape[1] >= side and val.shape[2] >= side:
-        return np.ascontiguousarray(val[0, :side, :side, :])
+    """A uint8 ``(side, side, 3)`` sample tile: a real one (cropped, or mirrored out to
+    ``side`` when smaller) when there is one, else uniform random."""
+    if val is not None and len(val):
+        tile = val[0]
+        ph, pw = max(0, side - tile.shape[0]), max(0, side - tile.shape[1])
+        if ph or pw:
+            tile = np.pad(tile, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
+        return np.ascontiguousarray(tile[:side, :side, :])
     return np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
 
 

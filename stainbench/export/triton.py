@@ -103,8 +103,12 @@ def validate_model_name(name: str) -> str:
 
 
 def default_model_name(family: str, run_name: str) -> str:
-    """``<family>_<run>`` with characters outside ``[A-Za-z0-9_.-]`` replaced by ``_``."""
-    raw = f"{family}_{run_name}" if run_name and run_name != family else family
+    """``<family>_<run>``, without repeating the family when the run name already holds it as
+    a ``_``/``-`` separated word (run ``demo_unet`` of family ``unet`` gives ``unet_demo``);
+    characters outside ``[A-Za-z0-9_.-]`` become ``_``."""
+    words = [w for w in re.split(r"[_-]", run_name) if w]
+    rest = [w for w in words if w != family]
+    raw = "_".join([family, *rest]) if rest else family
     return re.sub(r"[^A-Za-z0-9_.-]", "_", raw).strip(".") or family
 
 

@@ -73,6 +73,8 @@ def test_export_family_parity_and_manifest(
     from stainbench.training.checkpoint import load_generator
 
     tiles = np.asarray(open_store(demo_store).array("val", "A")[:4])
+    warm = (result.model_dir / "warmup" / "INPUT").read_bytes()
+    assert warm == tiles[0].tobytes()  # the warm-up (and --check) tile is a real val tile
     gen, info = load_generator(ckpt)
     ref, _ = make_translator(gen, info.normalization, info.size_multiple).translate(tiles)
     served = OnnxTileModel(result.version_dir / "model.onnx", threads=1)

@@ -76,6 +76,8 @@ def test_invalid_names_rejected(bad: str) -> None:
 def test_default_model_name_sanitizes() -> None:
     assert default_model_name("unet", "my run/1") == "unet_my_run_1"
     assert default_model_name("cyclegan", "cyclegan") == "cyclegan"
+    assert default_model_name("unet", "demo_unet") == "unet_demo"
+    assert default_model_name("pix2pix", "pix2pix-he2ihc") == "pix2pix_he2ihc"
 
 
 def _write(repo: Path, name: str = "m", family: str = "unet", **kw: object) -> object:
