@@ -208,3 +208,32 @@ def test_cli_ingest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "pass --force" in capsys.readouterr().err
     code = main(["data", "ingest", str(tmp_path / "src"), "-o", str(out), "--layout", "x"])
     assert code == 1 and "unknown layout" in capsys.readouterr().err
+
+
+def test_paired_jpeg_region_split_with_tiles(tmp_path: Path) -> None:
+    """One large JPEG pair: split by region, cut into tiles; no tile crosses the boundary."""
+    src = tmp_path / "big"
+    (src / "A").mkdir(parents=True)
+    (src / "B").mkdir()
+    yy, xx = np.mgrid[0:100, 0:70]
+    smooth = np.stack([yy * 2, xx * 3, (yy + xx)], -1).astype(np.uint8)
+    Image.fromarray(smooth).save(src / "A" / "slide.jpg", quality=95)
+    Image.fromarray(255 - smooth).save(src / "B" / "slide.jpg", quality=95)
+    res = ingest(src, tmp_path / "s.zarr", IngestOptions(tile=16, val_fraction=0.2))
+    assert res.split_method == "region"
+    store = open_store(tmp_path / "s.zarr")
+    # 100 rows: the bottom 16 (0.2 * 100 rounded to whole 16 px tiles) are validation, the
+    # 84 above give 5 tile rows; 70 columns give 4 tile columns
+    assert store.array("train", "A").shape == (5 * 4, 16, 16, 3)
+    assert store.array("val", "B").shape == (4, 16, 16, 3)
+    decoded = np.asarray(Image.open(src / "A" / "slide.jpg"))
+    np.testing.assert_array_equal(store.array("val", "A")[0], decoded[84:100, 0:16])
+    assert store.manifest["formats"] == {"JPEG": 2}
+
+
+def test_cli_info_shows_an_incomplete_store(tmp_path: Path, capsys) -> None:
+    from stainbench.data.store import create_store
+
+    create_store(tmp_path / "half.zarr", "paired")
+    assert main(["data", "info", str(tmp_path / "half.zarr")]) == 0
+    assert "INCOMPLETE" in capsys.readouterr().out

@@ -109,3 +109,20 @@ def test_volume_with_wrong_dimensions(tmp_path: Path) -> None:
     zarr.create_array(str(tmp_path / "x.zarr"), shape=(2, 3, 4, 5, 6), dtype="u1")
     with pytest.raises(DataError, match="unexpected number of dimensions"):
         ingest(tmp_path / "x.zarr", tmp_path / "v.zarr", IngestOptions(layout="volume"))
+
+
+def test_ome_zarr_v04_in_zarr_v2_format(tmp_path: Path) -> None:
+    import zarr
+
+    rng = np.random.default_rng(5)
+    tczyx = rng.integers(0, 4096, (1, 1, 6, 16, 20), dtype=np.uint16)
+    g = zarr.open_group(str(tmp_path / "old.ome.zarr"), mode="w", zarr_format=2)
+    g.create_array("0", data=tczyx, chunks=(1, 1, 3, 8, 8))
+    axes = [{"name": n} for n in "tczyx"]
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0"}]}]
+    ingest(tmp_path / "old.ome.zarr", tmp_path / "v.zarr", IngestOptions(layout="volume"))
+    store = open_store(tmp_path / "v.zarr")
+    arr = store.volume_array("old", "A")
+    assert arr.shape == (6, 16, 20, 1)
+    np.testing.assert_array_equal(arr[...][..., 0], tczyx[0, 0])
+    assert store.manifest["sources"][0]["format"] == "OME-Zarr"
