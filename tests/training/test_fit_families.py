@@ -93,3 +93,18 @@ def test_cyclegan_on_unpaired_store_writes_best(
     result = fit(recipe, run_dir=tmp_path, store=demo_stores / "unpaired.zarr", progress=False)
     assert result.val == {} and result.identity == {}
     assert load_checkpoint(tmp_path / "best.pt")["step"] == 2
+
+
+@pytest.mark.parametrize("options", [{"channels_last": True}, {"bf16": True}])
+def test_channels_last_and_bf16_options(
+    options: dict[str, bool],
+    demo_stores: Path,
+    make_recipe: Callable[..., dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    """Both switches train (bf16 autocast is for GPUs; on CPU it only has to work)."""
+    recipe = recipe_from_dict(make_recipe("pix2pix", train={"steps": 2, **options}))
+    result = fit(recipe, run_dir=tmp_path, store=demo_stores / "paired.zarr", progress=False)
+    assert result.step == 2 and all(v == v for v in result.val.values())  # no NaN
+    model, _ = load_generator(result.last)
+    assert model(torch.zeros(1, 3, 16, 16)).dtype == torch.float32
