@@ -200,22 +200,30 @@ def loadtest(
         seed=seed,
         locustfile=locustfile,
     )
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("preparing", total=None)
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("preparing", total=None)
 
-        def on_stage(text: str) -> None:
-            progress.update(task, description=text)
+            def on_stage(text: str) -> None:
+                progress.update(task, description=text)
 
-        def on_progress(done: float, total: float) -> None:
-            progress.update(task, completed=done, total=total)
+            def on_progress(done: float, total: float) -> None:
+                progress.update(task, completed=done, total=total)
 
-        result = run_loadtest(spec, on_progress=on_progress, on_stage=on_stage)
+            result = run_loadtest(spec, on_progress=on_progress, on_stage=on_stage)
+    except KeyboardInterrupt:
+        # run_loadtest has stopped Locust (SIGTERM: it still writes its statistics) and the
+        # embedded server; say where the partial results are.
+        partial = spec.out / "locust_stats.csv"
+        where = f"; partial statistics in {partial}" if partial.is_file() else ""
+        err_console.print(f"[red]error:[/] interrupted{where}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     render(result)
     if not result.passed:
         raise typer.Exit(EXIT_SLO_MISSED)

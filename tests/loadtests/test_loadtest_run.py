@@ -3,6 +3,7 @@ distributed), and the CLI's one-line refusals before any load is sent."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import subprocess
 import sys
@@ -97,12 +98,54 @@ def test_cli_grpc_distributed_run_writes_csv_and_html(
 def test_cli_exits_3_when_an_objective_is_missed(
     lt_server: TritonServer, tiles_npy: Path, tmp_path: Path
 ) -> None:
+    # gRPC in a single Locust process: it must also exit promptly (grpcio could hang there).
     proc = _stainbench(
-        "loadtest", "--url", lt_server.http_url, "--models", "invert", "--tiles", str(tiles_npy),
+        "loadtest", "--url", lt_server.grpc_url, "--models", "invert", "--tiles", str(tiles_npy),
         "--users", "2", "--run-time", "3s", "--max-p95-ms", "0.001", "--out", str(tmp_path),
     )  # fmt: skip
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "SLO missed: all models: p95" in proc.stdout
+    assert "gRPC" in (tmp_path / "locust_stats.csv").read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_locust_and_leaves_no_process(
+    lt_server: TritonServer, tiles_npy: Path, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    import psutil
+
+    out = tmp_path / "interrupted"
+    cmd = [
+        sys.executable, "-m", "stainbench", "loadtest", "--url", lt_server.http_url,
+        "--models", "invert", "--tiles", str(tiles_npy), "--users", "2", "--run-time", "120s",
+        "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "locust_stats.csv").is_file() and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert (out / "locust_stats.csv").is_file(), "Locust never started"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert f"interrupted; partial statistics in {out / 'locust_stats.csv'}" in stderr
+    # Locust was stopped with SIGTERM and still wrote its statistics.
+    assert "Aggregated" in (out / "locust_stats.csv").read_text()
+    time.sleep(1.0)
+    left = []
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if str(out) in " ".join(p.info["cmdline"] or []):
+                left.append(p.pid)
+    assert not left, f"processes left behind: {left}"
 
 
 def _refused(proc: subprocess.CompletedProcess[str], code: int, fragment: str) -> None:
