@@ -36,9 +36,26 @@ test: venv
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
+# The main job, end to end on the built-in demo set and the embedded Triton server.
+# Stages write under $(DEMO_OUT)/ and the model repository under $(REPO)/.
+REPO ?= model_repository
+DEMO_DATA := $(DEMO_OUT)/data/paired.zarr
+SB := $(BIN)/stainbench
+
 demo: venv
-	$(BIN)/stainbench data demo $(DEMO_OUT)/demo.zarr --force
-	$(BIN)/stainbench data info $(DEMO_OUT)/demo.zarr
+	$(SB) data demo $(DEMO_OUT)/data --force
+	$(SB) data info $(DEMO_OUT)/data
+	$(SB) train train/demo/unet.yaml --data $(DEMO_DATA) --out $(DEMO_OUT)/runs/unet
+	$(SB) train train/demo/pix2pix.yaml --data $(DEMO_DATA) --out $(DEMO_OUT)/runs/pix2pix
+	$(SB) train train/demo/cyclegan.yaml --data $(DEMO_DATA) --out $(DEMO_OUT)/runs/cyclegan
+	$(SB) export $(DEMO_OUT)/runs/unet $(DEMO_OUT)/runs/pix2pix $(DEMO_OUT)/runs/cyclegan \
+		--repo $(REPO) --baselines $(DEMO_DATA) --force
+	$(SB) export --check --repo $(REPO)
+	$(SB) compare --val-set $(DEMO_DATA) --repo $(REPO) --baseline demo_unet \
+		--concurrency 1,4 --window 1 --max-windows 5 --out $(DEMO_OUT)/compare
+	$(SB) loadtest --repo $(REPO) --tiles $(DEMO_DATA) --users 4 --run-time 20s \
+		--out $(DEMO_OUT)/loadtest
+	@echo "demo finished: report in $(DEMO_OUT)/compare/report.md, models in $(REPO)/"
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

@@ -16,7 +16,7 @@ from stainbench.errors import DataError
 from stainbench.loadtest.payload import check_tiles, load_tiles
 
 #: Where ``make demo`` leaves its paired store, in the order they are tried without --tiles.
-DEMO_STORES = (Path("demo_out/paired.zarr"), Path("demo_out/demo.zarr/paired.zarr"))
+DEMO_STORES = (Path("demo_out/data/paired.zarr"), Path("demo_out/paired.zarr"))
 
 
 def default_tile_source() -> Path:
@@ -25,7 +25,7 @@ def default_tile_source() -> Path:
         if candidate.exists():
             return candidate
     raise DataError(
-        "no tiles given and no demo store found (demo_out/paired.zarr): run 'make demo' or "
+        "no tiles given and no demo store found (demo_out/data/paired.zarr): run 'make demo' or "
         "give --tiles STORE.zarr|TILES.npy"
     )
 
@@ -79,7 +79,7 @@ def prepare_tiles(
         src = src / "paired.zarr"
     if not src.exists():
         raise DataError(
-            f"tile source {src} does not exist: give a zarr store (e.g. demo_out/paired.zarr "
+            f"tile source {src} does not exist: give a zarr store (e.g. demo_out/data/paired.zarr "
             "from 'make demo') or a .npy file with --tiles"
         )
     if src.is_file():

@@ -217,9 +217,9 @@ def test_without_tiles_the_demo_store_is_used_or_a_hint_given(
     with pytest.raises(DataError, match="run 'make demo'"):
         prepare_tiles(None, tmp_path / "out")
     val_a = np.full((2, 16, 16, 3), 7, np.uint8)
-    _write_store(tmp_path / "demo_out" / "paired.zarr", val_a)
+    _write_store(tmp_path / "demo_out" / "data" / "paired.zarr", val_a)
     tiles = prepare_tiles(None, tmp_path / "out")
-    assert tiles.source == "demo_out/paired.zarr" and tiles.count == 2
+    assert tiles.source == "demo_out/data/paired.zarr" and tiles.count == 2
 
 
 def test_a_saturated_load_generator_is_reported(tmp_path: Path) -> None:
