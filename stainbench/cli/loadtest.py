@@ -116,7 +116,8 @@ def loadtest(
         typer.Option(
             "--tiles",
             help="Tiles to send: a stainbench zarr store (its --split/--domain tiles) or a "
-            ".npy file of uint8 (N, H, W, 3). Default: the demo store demo_out/data/paired.zarr (from make demo).",
+            ".npy file of uint8 (N, H, W, 3). Default: the demo store "
+            "demo_out/data/paired.zarr (from make demo).",
         ),
     ] = None,
     protocol: Annotated[
