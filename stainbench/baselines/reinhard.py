@@ -109,6 +109,7 @@ class ReinhardModule(TileModule):
         srgb = torch.where(
             lin > 0.0031308, 1.055 * lin.clamp_min(1e-12) ** (1 / 2.4) - 0.055, 12.92 * lin
         )
-        y = (srgb.clamp(0.0, 1.0) * 255.0).permute(0, 3, 1, 2)
-        y8 = torch.clamp(torch.round(y), 0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)
+        y_hwc = srgb.clamp(0.0, 1.0) * 255.0
+        y8 = torch.clamp(torch.round(y_hwc), 0.0, 255.0).to(torch.uint8)  # Cast last
+        y = y_hwc.permute(0, 3, 1, 2)
         return y8, y

@@ -120,10 +120,12 @@ class TileTranslator(TileModule):
         # ops, whose per-channel broadcast over a last axis of 3 then runs ~20x slower
         # (measured: 120 vs 2 ms for a batch of 8 256x256 tiles; docs/benchmarks/export.md).
         z = F.conv2d(
-            x.permute(0, 3, 1, 2).to(torch.float32), self.in_weight, self.in_bias, groups=3
+            x.to(torch.float32).permute(0, 3, 1, 2), self.in_weight, self.in_bias, groups=3
         )
         y = F.conv2d(self.generator(z), self.out_weight, self.out_bias, groups=3)
-        y8 = torch.clamp(torch.round(y), 0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)
+        # uint8 only at the graph's edges (Cast first / last): TensorRT takes uint8 network
+        # inputs and outputs next to Cast layers, not inside other layers
+        y8 = torch.clamp(torch.round(y), 0.0, 255.0).permute(0, 2, 3, 1).to(torch.uint8)
         return y8, y
 
 
