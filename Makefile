@@ -51,7 +51,7 @@ demo: venv
 	$(SB) export $(DEMO_OUT)/runs/unet $(DEMO_OUT)/runs/pix2pix $(DEMO_OUT)/runs/cyclegan \
 		--repo $(REPO) --baselines $(DEMO_DATA) --force
 	$(SB) export --check --repo $(REPO)
-	$(SB) compare --val-set $(DEMO_DATA) --repo $(REPO) --baseline demo_unet \
+	$(SB) compare --val-set $(DEMO_DATA) --repo $(REPO) --baseline unet_demo \
 		--concurrency 1,4 --window 1 --max-windows 5 --out $(DEMO_OUT)/compare
 	$(SB) loadtest --repo $(REPO) --tiles $(DEMO_DATA) --users 4 --run-time 20s \
 		--out $(DEMO_OUT)/loadtest
