@@ -24,6 +24,10 @@ class ModelError(StainbenchError):
     """An unknown architecture, or a checkpoint that is not ours, corrupt or incompatible."""
 
 
+class TrainingError(StainbenchError):
+    """Training cannot go on: a non-finite loss, an interruption, an incompatible resume."""
+
+
 class ExportError(StainbenchError):
     """Export failed: ONNX/TensorRT conversion, a failed parity gate, a repository conflict."""
 

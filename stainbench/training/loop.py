@@ -33,17 +33,13 @@ import numpy as np
 import torch
 import yaml
 
-from stainbench.errors import ConfigError, ModelError, StainbenchError
+from stainbench.errors import ConfigError, ModelError, TrainingError
 from stainbench.training.checkpoint import load_checkpoint, save_checkpoint
 from stainbench.training.data import EpochIndexed, StepBatches, TrainingData, open_training_data
 from stainbench.training.recipe import Recipe, resolved
 from stainbench.training.task import Task, TaskContext
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(StainbenchError):
-    """Training cannot go on: a non-finite loss, an interruption, an incompatible resume."""
 
 
 @dataclass
