@@ -37,19 +37,18 @@ lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 # The main job, end to end on the built-in demo set and the embedded Triton server.
-# Stages write under $(DEMO_OUT)/ and the model repository under $(REPO)/.
+# Each stage is a file target: a second `make demo` reuses the data set, the trained runs and
+# the exported models it already has, and only serves, compares and load-tests again.
+# `make clean-demo` starts over.
 REPO ?= model_repository
 DEMO_DATA := $(DEMO_OUT)/data/paired.zarr
+DATA_DONE := $(DEMO_OUT)/data/.done
+FAMILIES := unet pix2pix cyclegan
+RUNS := $(foreach f,$(FAMILIES),$(DEMO_OUT)/runs/$(f)/last.pt)
+EXPORTED := $(REPO)/.demo_exported
 SB := $(BIN)/stainbench
 
-demo: venv
-	$(SB) data demo $(DEMO_OUT)/data --force
-	$(SB) data info $(DEMO_OUT)/data
-	$(SB) train train/demo/unet.yaml --data $(DEMO_DATA) --out $(DEMO_OUT)/runs/unet
-	$(SB) train train/demo/pix2pix.yaml --data $(DEMO_DATA) --out $(DEMO_OUT)/runs/pix2pix
-	$(SB) train train/demo/cyclegan.yaml --data $(DEMO_DATA) --out $(DEMO_OUT)/runs/cyclegan
-	$(SB) export $(DEMO_OUT)/runs/unet $(DEMO_OUT)/runs/pix2pix $(DEMO_OUT)/runs/cyclegan \
-		--repo $(REPO) --baselines $(DEMO_DATA) --force
+demo: venv $(EXPORTED)
 	$(SB) export --check --repo $(REPO)
 	$(SB) compare --val-set $(DEMO_DATA) --repo $(REPO) --baseline unet_demo \
 		--concurrency 1,4 --window 1 --max-windows 5 --out $(DEMO_OUT)/compare
@@ -57,5 +56,20 @@ demo: venv
 		--out $(DEMO_OUT)/loadtest
 	@echo "demo finished: report in $(DEMO_OUT)/compare/report.md, models in $(REPO)/"
 
+$(DATA_DONE): | $(STAMP)
+	$(SB) data demo $(DEMO_OUT)/data --force
+	$(SB) data info $(DEMO_OUT)/data
+	@touch $@
+
+# A run directory that holds an unfinished run (no last.pt) is started afresh.
+$(DEMO_OUT)/runs/%/last.pt: train/demo/%.yaml $(DATA_DONE) | $(STAMP)
+	rm -rf $(DEMO_OUT)/runs/$*
+	$(SB) train $< --data $(DEMO_DATA) --out $(DEMO_OUT)/runs/$*
+
+$(EXPORTED): $(RUNS) | $(STAMP)
+	$(SB) export $(foreach f,$(FAMILIES),$(DEMO_OUT)/runs/$(f)) \
+		--repo $(REPO) --baselines $(DEMO_DATA) --force
+	@touch $@
+
 clean-demo:
-	rm -rf $(DEMO_OUT)
+	rm -rf $(DEMO_OUT) $(EXPORTED)
