@@ -22,14 +22,15 @@ class TritonSettings:
     """Scheduling settings written into ``config.pbtxt``.
 
     ``max_queue_delay_us``: how long (microseconds) the dynamic batcher may hold a request to
-    form a larger batch; keep it small, each microsecond is added to every request's latency.
+    form a larger batch. 0 by default: on a CPU a batcher delay only adds latency (measured in
+    docs/benchmarks/serving.md); the GPU profiles set a small delay.
     ``intra_op_threads``: ONNX Runtime threads per instance for the python flavour; 0 means
     ``cores // instance_count`` (at least 1), decided by ``model.py`` on the serving machine.
     """
 
     max_batch_size: int = 8
     dynamic_batching: bool = True
-    max_queue_delay_us: int = 500
+    max_queue_delay_us: int = 0
     instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
     instance_count: int = 1
     intra_op_threads: int = 0
