@@ -597,14 +597,26 @@ def plot_quality_vs_latency(result: CompareResult, path: Path, metric: str = "ss
     lo, hi = min(lows), max(highs)
     pad = 0.08 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-3)
     ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel("p50 latency per tile, concurrency 1 (ms)")
-    ax.set_ylabel(f"mean {METRIC_LABELS[metric]} (95% CI)")
-    ax.set_title("Quality vs latency (up and left is better)")
+    return _finish_plot(
+        fig,
+        ax,
+        path,
+        "p50 latency per tile, concurrency 1 (ms)",
+        f"mean {METRIC_LABELS[metric]} (95% CI)",
+        "Quality vs latency (up and left is better)",
+    )
+
+
+def _finish_plot(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> bool:
+    """Label, grid and legend one line plot, save it to ``path`` and free the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
+    _plt().close(fig)
     return True
 
 
@@ -628,15 +640,9 @@ def plot_latency_cdf(result: CompareResult, path: Path) -> bool:
         return False
     for pct in (0.5, 0.95, 0.99):
         ax.axhline(pct, color="grey", lw=0.6, ls=":")
-    ax.set_xlabel("request latency (ms)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title("Latency CDF per model")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    return _finish_plot(
+        fig, ax, path, "request latency (ms)", "fraction of requests", "Latency CDF per model"
+    )
 
 
 def plot_throughput(result: CompareResult, path: Path) -> bool:
@@ -659,16 +665,10 @@ def plot_throughput(result: CompareResult, path: Path) -> bool:
     cs = sorted({int(r["concurrency"]) for r in result.latency})
     ax.set_xticks(cs)
     ax.set_xticklabels([str(c) for c in cs])
-    ax.set_xlabel("concurrent requests")
-    ax.set_ylabel("throughput (tiles/s)")
-    ax.set_title("Throughput vs concurrency")
     ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    return _finish_plot(
+        fig, ax, path, "concurrent requests", "throughput (tiles/s)", "Throughput vs concurrency"
+    )
 
 
 def plot_examples(result: CompareResult, path: Path) -> bool:
