@@ -25,7 +25,7 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from stainbench.bench.quality import IDENTITY, QualityResult
+from stainbench.jsonsafe import jsonable
 from stainbench.metrics import METRICS
 
 #: Display names and formats of the quality metrics.
@@ -212,20 +213,6 @@ def versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- JSON/CSV
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -235,7 +222,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_json(result: CompareResult, path: Path) -> None:
-    _write_atomic(path, json.dumps(_jsonable(result.to_dict()), indent=2, allow_nan=False) + "\n")
+    _write_atomic(path, json.dumps(jsonable(result.to_dict()), indent=2, allow_nan=False) + "\n")
 
 
 def write_per_tile_csv(result: CompareResult, path: Path) -> None:

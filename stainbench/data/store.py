@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stainbench.errors import DataError
+from stainbench.jsonsafe import jsonable
 
 if TYPE_CHECKING:
     import zarr
@@ -248,9 +249,9 @@ def finalize_store(
     attrs.update(
         manifest=dict(manifest), manifest_hash=digest, stats=dict(stats or {}), complete=False
     )
-    group.attrs[ATTR] = _jsonable(attrs)
+    group.attrs[ATTR] = jsonable(attrs)
     attrs["complete"] = True
-    group.attrs[ATTR] = _jsonable(attrs)
+    group.attrs[ATTR] = jsonable(attrs)
     return digest
 
 
@@ -262,19 +263,4 @@ def update_stats(path: str | Path, stats: Mapping[str, Any]) -> None:
     group = zarr.open_group(str(store.path), mode="r+")
     attrs = dict(group.attrs[ATTR])  # type: ignore[arg-type]
     attrs["stats"] = dict(stats)
-    group.attrs[ATTR] = _jsonable(attrs)
-
-
-def _jsonable(value: Any) -> Any:
-    """Convert numpy scalars/arrays and tuples into plain JSON types."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    group.attrs[ATTR] = jsonable(attrs)
