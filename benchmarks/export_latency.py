@@ -12,9 +12,17 @@ each as milliseconds per batch, tiles per second and a fraction of the physical 
 (model FLOPs per tile, from torch.utils.flop_counter) x tiles/s / (fp32 matmul FLOP/s of this
 CPU measured in the same run with the same thread count).
 
+``--transpose-impl native phase`` builds each generator twice with the same weights, once per
+way of computing its transposed convolutions (``nn.ConvTranspose2d``, or one regular
+convolution per output phase: the same math, exported as Conv nodes), and measures both in the
+same rounds. Every timing sits next to its own matmul reference (best of ``--matmul-reps``
+products); the per-round matmul rates are reported with the rows.
+
 Usage::
 
     .venv/bin/python benchmarks/export_latency.py --out docs/benchmarks/export.md
+    .venv/bin/python benchmarks/export_latency.py --families unet --batches 8 \
+        --transpose-impl native phase --repeats 5
 
 The machine may be shared: the load average is recorded before and after, and numbers taken
 under load are provisional. Weights are random (latency does not depend on them).
@@ -100,36 +108,50 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def bench_family(
-    family: str, tile: int, batches: list[int], threads: int, repeats: int, limit: float, tmp: Path
-) -> list[dict]:
-    arch, kwargs, label = FAMILIES[family]
-    torch.manual_seed(0)
-    gen = create_model(arch, **kwargs).eval()
-    norm = {
-        "A": Normalization("range", "A", (127.5,) * 3, (127.5,) * 3).to_dict(),
-        "B": Normalization("zscore", "B", (170.0, 120.0, 160.0), (45.0, 60.0, 40.0)).to_dict(),
-    }
-    tr = make_translator(gen, norm, gen.size_multiple)
-    flops = flops_per_tile(gen, tile)
-    out = tmp / family
-    files = export_onnx(tr, out, sample_tile=tile)
-    float_path = out / "generator_float.onnx"
+def export_float(gen: torch.nn.Module, tile: int, path: Path) -> Path:
+    """The bare float generator (float32 NCHW in/out, dynamic batch) as ONNX."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             gen,
             (torch.zeros(1, 3, tile, tile),),
-            str(float_path),
+            str(path),
             dynamo=False,
             opset_version=17,
             input_names=["x"],
             output_names=["y"],
             dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
         )
+    return path
+
+
+def bench_family(
+    family: str,
+    tile: int,
+    batches: list[int],
+    threads: int,
+    repeats: int,
+    tmp: Path,
+    impls: list[str],
+    matmul_reps: int,
+) -> list[dict]:
+    arch, kwargs, label = FAMILIES[family]
+    norm = {
+        "A": Normalization("range", "A", (127.5,) * 3, (127.5,) * 3).to_dict(),
+        "B": Normalization("zscore", "B", (170.0, 120.0, 160.0), (45.0, 60.0, 40.0)).to_dict(),
+    }
+    models = {}  # impl -> (tile model, served session, float session)
+    flops = 0.0
+    for impl in impls:
+        torch.manual_seed(0)  # the same weights for every implementation
+        gen = create_model(arch, transpose_impl=impl, **kwargs).eval()
+        tr = make_translator(gen, norm, gen.size_multiple)
+        flops = flops_per_tile(gen, tile)  # the same math: the same count
+        out = tmp / f"{family}_{impl}"
+        files = export_onnx(tr, out, sample_tile=tile)
+        float_path = export_float(gen, tile, out / "generator_float.onnx")
+        models[impl] = (tr, session(files.model, threads), session(float_path, threads))
     ident = export_onnx(make_translator(torch.nn.Identity(), norm, 1), tmp / f"{family}_id")
-    s_u8 = session(files.model, threads)
-    s_f = session(float_path, threads)
     s_id = session(ident.model, threads)
     torch.set_num_threads(threads)
     a, bm = torch.randn(2048, 2048), torch.randn(2048, 2048)
@@ -139,50 +161,65 @@ def bench_family(
         x8 = rng.integers(0, 256, (b, tile, tile, 3), dtype=np.uint8)
         xf = rng.standard_normal((b, 3, tile, tile)).astype(np.float32)
         xt = torch.from_numpy(x8)
+        cases: dict[tuple[str, str], Callable[[], object]] = {}
+        for impl, (tr, s_u8, s_f) in models.items():
 
-        def eager(xt: torch.Tensor = xt) -> object:
-            with torch.no_grad():
-                return tr(xt)[0]
+            def eager(xt: torch.Tensor = xt, tr: torch.nn.Module = tr) -> object:
+                with torch.no_grad():
+                    return tr(xt)[0]
 
-        cases: dict[str, Callable[[], object]] = {
-            "PyTorch eager (uint8 tile model)": eager,
-            "ONNX Runtime (uint8 graph, served)": lambda x8=x8: s_u8.run(["OUTPUT"], {"INPUT": x8}),
-            "ONNX Runtime (float generator only)": lambda xf=xf: s_f.run(None, {"x": xf}),
-            "ONNX Runtime (normalization + uint8 only)": lambda x8=x8: s_id.run(
+            cases[("PyTorch eager (uint8 tile model)", impl)] = eager
+            cases[("ONNX Runtime (uint8 graph, served)", impl)] = lambda x8=x8, s=s_u8: s.run(
                 ["OUTPUT"], {"INPUT": x8}
-            ),
-        }
+            )
+            cases[("ONNX Runtime (float generator only)", impl)] = lambda xf=xf, s=s_f: s.run(
+                None, {"x": xf}
+            )
+        cases[("ONNX Runtime (normalization + uint8 only)", "-")] = lambda x8=x8: s_id.run(
+            ["OUTPUT"], {"INPUT": x8}
+        )
         # Rounds interleave every case with a matmul timing, so that a change in the shared
         # machine's load hits all of them alike; each fraction uses the same round's matmul.
-        times: dict[str, list[float]] = {k: [] for k in cases}
-        fracs: dict[str, list[float]] = {k: [] for k in cases}
+        times: dict[tuple[str, str], list[float]] = {k: [] for k in cases}
+        fracs: dict[tuple[str, str], list[float]] = {k: [] for k in cases}
+        refs: dict[tuple[str, str], list[float]] = {k: [] for k in cases}
         for fn in cases.values():
             fn()  # warm-up
         for _ in range(repeats):
-            for name, fn in cases.items():
-                t_mm = median_seconds(lambda: torch.mm(a, bm), 3, warmup=1)
+            for key, fn in cases.items():
+                torch.mm(a, bm)
+                t_mm = min(
+                    median_seconds(lambda: torch.mm(a, bm), 1, 0) for _ in range(matmul_reps)
+                )
+                rate = 2 * 2048**3 / t_mm
                 t = median_seconds(fn, 1, warmup=0)
-                times[name].append(t)
-                work = 0.0 if "normalization" in name else flops
-                fracs[name].append(work * b / t / (2 * 2048**3 / t_mm))
-        for name in cases:
-            t = statistics.median(times[name])
-            frac = statistics.median(fracs[name])
+                times[key].append(t)
+                refs[key].append(rate / 1e9)
+                work = 0.0 if "normalization" in key[0] else flops
+                fracs[key].append(work * b / t / rate)
+        for key in cases:
+            name, impl = key
+            t = statistics.median(times[key])
+            frac = statistics.median(fracs[key])
             rows.append(
                 {
                     "family": family,
                     "generator": label,
                     "runtime": name,
+                    "transpose_impl": impl,
                     "batch": b,
                     "ms_per_batch": 1e3 * t,
                     "tiles_per_s": b / t,
                     "gflop_per_tile": 0.0 if "normalization" in name else flops / 1e9,
                     "fraction_of_limit": frac,
-                    "spread": (max(times[name]) - min(times[name])) / t,
+                    "spread": (max(times[key]) - min(times[key])) / t,
+                    "matmul_gflops_per_round": refs[key],
                 }
             )
             print(
-                f"{family:9s} {name:38s} b={b}: {1e3 * t:8.1f} ms  {100 * frac:5.1f}% of limit",
+                f"{family:9s} {name:41s} {impl:6s} b={b}: {1e3 * t:8.1f} ms  "
+                f"{100 * frac:5.1f}% of limit (matmul per round "
+                f"{'/'.join(f'{r:.0f}' for r in refs[key])})",
                 flush=True,
             )
     return rows
@@ -199,22 +236,27 @@ def render(rows: list[dict], meta: dict) -> str:
         f"threads: {meta['threads']}",
         f"- Command: `{meta['command']}`",
         f"- Versions: torch {meta['torch']}, onnxruntime {meta['onnxruntime']}",
-        f"- Physical limit: fp32 matmul {meta['matmul_gflops']:.1f} GFLOP/s (torch, "
-        f"{meta['threads']} threads, 2048x2048, measured in this run); fraction of limit = "
-        "model FLOPs per tile x tiles/s / that rate.",
+        f"- Physical limit: fp32 matmul (torch, {meta['threads']} threads, 2048x2048, best of "
+        f"{meta['matmul_reps']} products) measured right before every timing; "
+        f"{meta['matmul_gflops']:.1f} GFLOP/s at the start of the run. Fraction of limit = "
+        "model FLOPs per tile x tiles/s / the matmul rate of the same round.",
         f"- Tiles {meta['tile']}x{meta['tile']}, random weights; {meta['repeats']} rounds after "
         "a warm-up run, each round timing every runtime once next to a fresh matmul timing; "
-        "medians over rounds (the fraction uses the matmul rate of its own round).",
+        "medians over rounds. Transpose impl: how the generator's transposed convolutions are "
+        "computed (`native` ConvTranspose, `phase` one Conv per output phase; the same math).",
         "",
-        "| family | generator | GFLOP/tile | runtime | batch | ms/batch | tiles/s | % of limit |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| family | generator | GFLOP/tile | runtime | transpose impl | batch | ms/batch "
+        "| tiles/s | matmul GFLOP/s per round | % of limit |",
+        "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | --- | ---: |",
     ]
     for r in rows:
         gflop = f"{r['gflop_per_tile']:.1f}" if r["gflop_per_tile"] else "-"
         frac = f"{100 * r['fraction_of_limit']:.0f}%" if r["gflop_per_tile"] else "-"
+        refs = " / ".join(f"{m:.0f}" for m in r["matmul_gflops_per_round"])
         lines.append(
-            f"| {r['family']} | {r['generator']} | {gflop} | {r['runtime']} | {r['batch']} "
-            f"| {r['ms_per_batch']:.1f} | {r['tiles_per_s']:.2f} | {frac} |"
+            f"| {r['family']} | {r['generator']} | {gflop} | {r['runtime']} "
+            f"| {r['transpose_impl']} | {r['batch']} | {r['ms_per_batch']:.1f} "
+            f"| {r['tiles_per_s']:.2f} | {refs} | {frac} |"
         )
     lines += [
         "",
@@ -222,10 +264,16 @@ def render(rows: list[dict], meta: dict) -> str:
         "",
     ]
     top = max(meta["batches"])
-    for fam in dict.fromkeys(r["family"] for r in rows):
+    for fam, impl in dict.fromkeys(
+        (r["family"], r["transpose_impl"]) for r in rows if r["transpose_impl"] != "-"
+    ):
 
-        def pick(key: str, fam: str = fam) -> dict | None:
-            found = [r for r in rows if r["family"] == fam and key in r["runtime"]]
+        def pick(key: str, fam: str = fam, impl: str = impl) -> dict | None:
+            found = [
+                r
+                for r in rows
+                if r["family"] == fam and key in r["runtime"] and r["transpose_impl"] in (impl, "-")
+            ]
             return next((r for r in found if r["batch"] == top), None)
 
         served, flt, norm = pick("uint8 graph"), pick("float generator"), pick("normalization")
@@ -235,7 +283,8 @@ def render(rows: list[dict], meta: dict) -> str:
             bare = 100 * flt["fraction_of_limit"]
             share = 100 * norm["ms_per_batch"] / flt["ms_per_batch"]
             lines.append(
-                f"- {fam}: served uint8 graph at batch {top} = {100 * frac:.0f}% of the limit "
+                f"- {fam} ({impl}): served uint8 graph at batch {top} = {100 * frac:.0f}% of the "
+                "limit "
                 f"({verdict} the 85% target; bare float generator {bare:.0f}%). The in-graph "
                 f"normalization and uint8 conversions alone take {norm['ms_per_batch']:.1f} ms "
                 f"= {share:.1f}% of the generator's time."
@@ -256,6 +305,14 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--repeats", type=int, default=5, help="measurement rounds")
+    ap.add_argument(
+        "--transpose-impl",
+        nargs="+",
+        default=["native"],
+        choices=["native", "phase"],
+        help="how the generators' transposed convolutions are computed (same math)",
+    )
+    ap.add_argument("--matmul-reps", type=int, default=5, help="matmul products per reference")
     ap.add_argument("--out", type=Path, default=None, help="Markdown report to write")
     ap.add_argument("--json", type=Path, default=None, help="raw rows as JSON")
     args = ap.parse_args()
@@ -269,6 +326,7 @@ def main() -> None:
         "tile": args.tile,
         "batches": args.batches,
         "repeats": args.repeats,
+        "matmul_reps": args.matmul_reps,
         "load_before": load(),
         "command": "python benchmarks/export_latency.py "
         + " ".join(
@@ -284,7 +342,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for fam in args.families:
             rows += bench_family(
-                fam, args.tile, args.batches, args.threads, args.repeats, limit, Path(tmp)
+                fam,
+                args.tile,
+                args.batches,
+                args.threads,
+                args.repeats,
+                Path(tmp),
+                args.transpose_impl,
+                args.matmul_reps,
             )
     limit_after = matmul_flops(args.threads)
     meta["matmul_gflops_after"] = limit_after / 1e9

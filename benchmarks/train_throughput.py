@@ -6,11 +6,21 @@ off and on, it builds the real task (the same code ``stainbench train`` runs), c
 FLOPs of one training iteration with ``torch.utils.flop_counter.FlopCounterMode`` (forward,
 backward; the optimizer's elementwise work is not counted), warms up, times iterations, and
 divides the achieved FLOP rate by the fp32 matmul rate measured in the same run
-(``torch.mm`` of 2048x2048 matrices, best of several). Inputs are random tensors in [-1, 1]:
-this measures compute, not data loading.
+(``torch.mm`` of 2048x2048 matrices). Inputs are random tensors in [-1, 1]: this measures
+compute, not data loading.
+
+The implementations named by ``--transpose-impl`` (how the generator's transposed
+convolutions are computed: ``native`` ``nn.ConvTranspose2d`` or ``phase`` convolutions, the
+same math) are built side by side and measured in alternating rounds: each round times one
+iteration of every implementation, each right after its own matmul reference (the best of
+``--matmul-reps`` products), so a change in the shared machine's load hits all alike. A
+timing's fraction of the limit uses the matmul rate measured next to it; the table reports
+medians over rounds and the per-round matmul rates.
 
     .venv/bin/python benchmarks/train_throughput.py --out docs/benchmarks/train.md
     .venv/bin/python benchmarks/train_throughput.py --families pix2pix --sizes 256 --iters 3
+    .venv/bin/python benchmarks/train_throughput.py --sizes 256 --channels-last off \
+        --transpose-impl native phase --iters 5
 
 Results are provisional on a shared machine: the script records ``uptime`` before and after.
 """
@@ -22,6 +32,7 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -43,33 +54,43 @@ class Row:
     size: int
     channels_last: bool
     upsample: str
+    transpose_impl: str
     batch: int
     gflop_per_iter: float
     s_per_iter: float
     img_per_s: float
     gflops: float
-    fraction_of_limit: float
+    fraction_of_limit: float  #: median over rounds of (rate / that round's matmul rate)
+    matmul_gflops: list[float]  #: the matmul reference measured next to each round's timing
+    s_per_round: list[float]
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 ``torch.mm`` rate in GFLOP/s (2 n^3 FLOPs per product)."""
+    """Best fp32 ``torch.mm`` rate in GFLOP/s (2 n^3 FLOPs per product) of ``repeats``."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        for _ in range(3):
-            torch.mm(a, b)
-        best = min(best, (time.perf_counter() - t) / 3)
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 
 
-def recipe_for(family: str, size: int, channels_last: bool, upsample: str, batch: int) -> dict:
+def recipe_for(
+    family: str,
+    size: int,
+    channels_last: bool,
+    upsample: str,
+    batch: int,
+    transpose_impl: str = "native",
+) -> dict:
+    kw: dict = {"upsample": upsample, "transpose_impl": transpose_impl}
     if family == "cyclegan":
-        gen = {"arch": "resnet", "kwargs": {"n_blocks": 9, "base_width": 64, "upsample": upsample}}
+        gen = {"arch": "resnet", "kwargs": {"n_blocks": 9, "base_width": 64, **kw}}
     else:
         depth = 8 if size >= 256 else 7  # unet_256 / unet_128
-        kw = {"depth": depth, "base_width": 64, "upsample": upsample}
+        kw.update({"depth": depth, "base_width": 64})
         if family == "pix2pix":
             kw["dropout"] = 0.5
         gen = {"arch": "unet", "kwargs": kw}
@@ -91,42 +112,59 @@ def measure(
     upsample: str,
     batch: int,
     iters: int,
-    limit: float,
-) -> Row:
-    recipe = recipe_from_dict(recipe_for(family, size, channels_last, upsample, batch))
+    impls: list[str],
+    matmul_reps: int,
+) -> list[Row]:
+    """One row per transpose implementation, timed in alternating rounds (module docstring)."""
     norm = Normalization("range", "B", (127.5,) * 3, (127.5,) * 3)
     ctx = TaskContext(3, 3, {"A": norm, "B": norm}, torch.device("cpu"))
-    torch.manual_seed(0)
-    task = build_task(recipe, ctx)
     gen = torch.Generator().manual_seed(0)
     batch_data = {k: torch.rand(batch, 3, size, size, generator=gen) * 2 - 1 for k in ("A", "B")}
-    task.set_input(batch_data)
-    with FlopCounterMode(display=False) as counter:
-        task.optimize()
-    flops = counter.get_total_flops()
-    for _ in range(1):  # warm-up (the first iterations are 1.3-3x slower)
-        task.set_input(batch_data)
-        task.optimize()
-    times = []
+    tasks, flops = {}, {}
+    for impl in impls:
+        recipe = recipe_from_dict(recipe_for(family, size, channels_last, upsample, batch, impl))
+        torch.manual_seed(0)
+        tasks[impl] = build_task(recipe, ctx)
+        tasks[impl].set_input(batch_data)
+        with FlopCounterMode(display=False) as counter:
+            tasks[impl].optimize()
+        flops[impl] = counter.get_total_flops()
+        tasks[impl].set_input(batch_data)  # warm-up (the first iterations are 1.3-3x slower)
+        tasks[impl].optimize()
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
+    refs: dict[str, list[float]] = {impl: [] for impl in impls}
     for _ in range(iters):
-        task.set_input(batch_data)
-        t = time.perf_counter()
-        task.optimize()
-        times.append(time.perf_counter() - t)
-    s = sorted(times)[len(times) // 2]  # median
-    gflops = flops / s / 1e9
-    return Row(
-        family,
-        size,
-        channels_last,
-        upsample,
-        batch,
-        flops / 1e9,
-        s,
-        batch / s,
-        gflops,
-        gflops / limit,
-    )
+        for impl in impls:
+            refs[impl].append(matmul_gflops(repeats=matmul_reps))
+            tasks[impl].set_input(batch_data)
+            t = time.perf_counter()
+            tasks[impl].optimize()
+            times[impl].append(time.perf_counter() - t)
+    rows = []
+    for impl in impls:
+        s = statistics.median(times[impl])
+        gflops = flops[impl] / s / 1e9
+        frac = statistics.median(
+            flops[impl] / t / 1e9 / ref for t, ref in zip(times[impl], refs[impl], strict=True)
+        )
+        rows.append(
+            Row(
+                family,
+                size,
+                channels_last,
+                upsample,
+                impl,
+                batch,
+                flops[impl] / 1e9,
+                s,
+                batch / s,
+                gflops,
+                frac,
+                refs[impl],
+                times[impl],
+            )
+        )
+    return rows
 
 
 def _uptime() -> str:
@@ -142,8 +180,16 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
     p.add_argument("--channels-last", nargs="+", default=["off", "on"], choices=["off", "on"])
     p.add_argument("--upsample", nargs="+", default=["transpose"], choices=["transpose", "resize"])
+    p.add_argument(
+        "--transpose-impl",
+        nargs="+",
+        default=["native"],
+        choices=["native", "phase"],
+        help="how transposed convolutions are computed (same math); several alternate",
+    )
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--iters", type=int, default=3, help="timed iterations (median reported)")
+    p.add_argument("--iters", type=int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--matmul-reps", type=int, default=5, help="matmul products per reference")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None, help="Markdown file to write")
     p.add_argument("--json", type=Path, default=None, help="JSON file to write")
@@ -151,22 +197,33 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = _uptime()
-    limit = matmul_gflops()
+    limit = matmul_gflops(repeats=10)
     print(f"fp32 matmul: {limit:.1f} GFLOP/s with {torch.get_num_threads()} threads")
     rows = []
     for family in args.families:
         for size in args.sizes:
             for up in args.upsample:
                 for cl in args.channels_last:
-                    row = measure(family, size, cl == "on", up, args.batch, args.iters, limit)
-                    rows.append(row)
-                    print(
-                        f"{family:8s} {size:4d} cl={cl:3s} {up:9s} {row.img_per_s:7.3f} img/s "
-                        f"{row.gflop_per_iter:8.1f} GFLOP/iter {row.gflops:6.1f} GFLOP/s "
-                        f"{100 * row.fraction_of_limit:5.1f}% of limit",
-                        flush=True,
-                    )
-    limit_after = matmul_gflops()
+                    for row in measure(
+                        family,
+                        size,
+                        cl == "on",
+                        up,
+                        args.batch,
+                        args.iters,
+                        args.transpose_impl,
+                        args.matmul_reps,
+                    ):
+                        rows.append(row)
+                        refs = "/".join(f"{r:.0f}" for r in row.matmul_gflops)
+                        print(
+                            f"{family:8s} {size:4d} cl={cl:3s} {up:9s} {row.transpose_impl:6s} "
+                            f"{row.img_per_s:7.3f} img/s {row.gflop_per_iter:8.1f} GFLOP/iter "
+                            f"{row.gflops:6.1f} GFLOP/s {100 * row.fraction_of_limit:5.1f}% of "
+                            f"limit (matmul per round {refs})",
+                            flush=True,
+                        )
+    limit_after = matmul_gflops(repeats=10)
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -186,20 +243,21 @@ def main() -> None:
         lines = [
             f"- date: {meta['date']}; torch {meta['torch']}, {meta['threads']} threads; "
             f"{meta['machine']}",
-            f"- fp32 matmul limit: {limit:.1f} GFLOP/s (measured again at the end: "
-            f"{limit_after:.1f})",
+            f"- fp32 matmul at the start: {limit:.1f} GFLOP/s, at the end: {limit_after:.1f}; "
+            "each timing is divided by the matmul rate measured right before it (per round)",
             f"- load: before `{load_before}`, after `{meta['uptime_after']}`",
             f"- command: `{meta['command']}`",
             "",
-            "| family | size | channels_last | upsample | img/s | GFLOP/iter | GFLOP/s "
-            "| % of limit |",
-            "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |",
+            "| family | size | channels_last | upsample | transpose impl | img/s | GFLOP/iter "
+            "| GFLOP/s | matmul GFLOP/s per round | % of limit |",
+            "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | --- | ---: |",
         ]
         for r in rows:
             lines.append(
                 f"| {r.family} | {r.size} | {'on' if r.channels_last else 'off'} | {r.upsample} "
-                f"| {r.img_per_s:.3f} | {r.gflop_per_iter:.1f} | {r.gflops:.1f} | "
-                f"{100 * r.fraction_of_limit:.0f}% |"
+                f"| {r.transpose_impl} | {r.img_per_s:.3f} | {r.gflop_per_iter:.1f} "
+                f"| {r.gflops:.1f} | {' / '.join(f'{m:.0f}' for m in r.matmul_gflops)} "
+                f"| {100 * r.fraction_of_limit:.0f}% |"
             )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")

@@ -10,8 +10,11 @@ from typing import Literal
 
 from torch import nn
 
+from stainbench.models.phase_transpose import PhaseConvTranspose2d
+
 NormName = Literal["instance", "batch", "none"]
 UpsampleName = Literal["transpose", "resize"]
+TransposeImpl = Literal["native", "phase"]
 
 
 def norm_layer(kind: NormName, channels: int) -> nn.Module:
@@ -43,6 +46,7 @@ def upsample_conv(
     mode: UpsampleName,
     kernel_size: int,
     bias: bool,
+    transpose_impl: TransposeImpl = "native",
 ) -> nn.Module:
     """Double the spatial size and map ``in_ch`` -> ``out_ch`` channels.
 
@@ -50,14 +54,23 @@ def upsample_conv(
     padding 1, or 3 with padding 1 and output padding 1). ``"resize"``: nearest-neighbour
     upsampling then a 3x3 convolution (no checkerboard artefacts; on CPU torch runs plain
     convolutions faster than transposed ones).
+
+    ``transpose_impl`` only chooses how ``"transpose"`` is computed, not what: ``"native"`` runs
+    ``nn.ConvTranspose2d``; ``"phase"`` runs the same layer (same parameters and state_dict
+    keys, equal outputs up to float rounding) as one regular convolution per output phase
+    (:class:`~stainbench.models.phase_transpose.PhaseConvTranspose2d`).
     """
     if mode == "transpose":
+        if transpose_impl == "native":
+            cls: type[nn.ConvTranspose2d] = nn.ConvTranspose2d
+        elif transpose_impl == "phase":
+            cls = PhaseConvTranspose2d
+        else:
+            raise ValueError(f"transpose_impl must be 'native' or 'phase', got {transpose_impl!r}")
         if kernel_size == 4:
-            return nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1, bias=bias)
+            return cls(in_ch, out_ch, 4, stride=2, padding=1, bias=bias)
         if kernel_size == 3:
-            return nn.ConvTranspose2d(
-                in_ch, out_ch, 3, stride=2, padding=1, output_padding=1, bias=bias
-            )
+            return cls(in_ch, out_ch, 3, stride=2, padding=1, output_padding=1, bias=bias)
         raise ValueError(f"transposed upsampling supports kernel 3 or 4, got {kernel_size}")
     if mode == "resize":
         return nn.Sequential(

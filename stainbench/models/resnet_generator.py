@@ -16,6 +16,7 @@ from torch import nn
 
 from stainbench.models.layers import (
     NormName,
+    TransposeImpl,
     UpsampleName,
     conv_bias,
     final_activation,
@@ -68,6 +69,7 @@ class ResnetGenerator(nn.Module):
         norm: NormName = "instance",
         dropout: float = 0.0,
         upsample: UpsampleName = "transpose",
+        transpose_impl: TransposeImpl = "native",
         final: Literal["tanh", "none"] = "tanh",
         residual: bool = False,
     ) -> None:
@@ -96,7 +98,14 @@ class ResnetGenerator(nn.Module):
         layers += [ResidualBlock(width, norm, dropout) for _ in range(n_blocks)]
         for _ in range(n_downsampling):
             layers += [
-                upsample_conv(width, width // 2, mode=upsample, kernel_size=3, bias=bias),
+                upsample_conv(
+                    width,
+                    width // 2,
+                    mode=upsample,
+                    kernel_size=3,
+                    bias=bias,
+                    transpose_impl=transpose_impl,
+                ),
                 norm_layer(norm, width // 2),
                 nn.ReLU(inplace=True),
             ]
@@ -130,6 +139,7 @@ def resnet(
     norm: NormName = "instance",
     dropout: float = 0.0,
     upsample: UpsampleName = "transpose",
+    transpose_impl: TransposeImpl = "native",
     final: Literal["tanh", "none"] = "tanh",
     residual: bool = False,
 ) -> ResnetGenerator:
@@ -143,6 +153,7 @@ def resnet(
         norm=norm,
         dropout=dropout,
         upsample=upsample,
+        transpose_impl=transpose_impl,
         final=final,
         residual=residual,
     )

@@ -16,6 +16,7 @@ from torch import nn
 
 from stainbench.models.layers import (
     NormName,
+    TransposeImpl,
     UpsampleName,
     conv_bias,
     final_activation,
@@ -46,6 +47,7 @@ class UNet(nn.Module):
         norm: NormName = "instance",
         dropout: float = 0.0,
         upsample: UpsampleName = "transpose",
+        transpose_impl: TransposeImpl = "native",
         final: Literal["tanh", "none"] = "tanh",
         residual: bool = False,
     ) -> None:
@@ -86,7 +88,14 @@ class UNet(nn.Module):
             out_ch = out_channels if outermost else widths[i - 1]
             layers = [nn.ReLU(inplace=True)]
             layers.append(
-                upsample_conv(in_ch, out_ch, mode=upsample, kernel_size=4, bias=bias or outermost)
+                upsample_conv(
+                    in_ch,
+                    out_ch,
+                    mode=upsample,
+                    kernel_size=4,
+                    bias=bias or outermost,
+                    transpose_impl=transpose_impl,
+                )
             )
             if outermost:
                 layers.append(final_activation(final))
@@ -125,6 +134,7 @@ def unet(
     norm: NormName = "instance",
     dropout: float = 0.0,
     upsample: UpsampleName = "transpose",
+    transpose_impl: TransposeImpl = "native",
     final: Literal["tanh", "none"] = "tanh",
     residual: bool = False,
 ) -> UNet:
@@ -138,6 +148,7 @@ def unet(
         norm=norm,
         dropout=dropout,
         upsample=upsample,
+        transpose_impl=transpose_impl,
         final=final,
         residual=residual,
     )

@@ -1,0 +1,130 @@
+"""Transposed convolution computed as regular convolutions, one per output phase.
+
+A stride-``s`` transposed convolution writes output pixel ``o = s*i - p + k`` from input pixel
+``i`` and kernel tap ``k``. Output pixels of one *phase* ``r = o mod s`` only receive taps
+``k ≡ (r + p) mod s``: a stride-1 correlation of the input with that subset of the (flipped)
+kernel. For ``kernel 4, stride 2, padding 1`` (the UNet's upsampling) the four phases (row
+parity x column parity) are four 2x2 convolutions on the input padded by one pixel; for
+``kernel 3, stride 2, padding 1, output_padding 1`` (the ResNet generator's) they are 1x1,
+1x2, 2x1 and 2x2 convolutions. Their outputs are interleaved into the ``s``-times larger map.
+
+This does exactly the transposed convolution's multiply-adds (no zeros inserted) but runs them
+as ordinary convolutions, which oneDNN (torch on CPU) and ONNX Runtime's MLAS execute faster
+than their transposed-convolution kernels, forward and backward.
+
+:class:`PhaseConvTranspose2d` subclasses :class:`torch.nn.ConvTranspose2d`: same parameters
+(``weight`` of shape ``(C_in, C_out, kH, kW)``, ``bias`` of shape ``(C_out,)``), same
+initialization, same ``state_dict`` keys, so checkpoints of either class load into the other.
+Configurations the decomposition does not cover (groups, dilation, output sizes other than
+``stride x`` the input, an explicit ``output_size``) fall back to the transposed convolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _phases(kernel: int, stride: int, padding: int) -> list[tuple[int, int, int]]:
+    """Per output phase ``r``: ``(first tap of the flipped kernel, number of taps, offset)``.
+
+    Output ``s*m + r`` of that phase is the correlation of input pixels ``m + offset ..
+    m + offset + taps - 1`` with flipped-kernel taps ``first, first + s, ...``.
+    """
+    out = []
+    for r in range(stride):
+        k0 = (r + padding) % stride  # smallest tap reaching this phase
+        taps = len(range(k0, kernel, stride))
+        k_max = k0 + (taps - 1) * stride
+        offset = (r + padding - k_max) // stride  # exact: r + p - k_max ≡ 0 (mod s)
+        out.append((kernel - 1 - k_max, taps, offset))
+    return out
+
+
+def phase_decomposable(
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    output_padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> bool:
+    """Whether the transposed convolution maps ``H -> stride*H`` with every phase covered."""
+    if groups != 1 or dilation != (1, 1):
+        return False
+    return all(
+        k + op - 2 * p == s and k >= s and 0 <= p < k
+        for k, s, p, op in zip(kernel, stride, padding, output_padding, strict=True)
+    )
+
+
+class PhaseConvTranspose2d(nn.ConvTranspose2d):
+    """:class:`torch.nn.ConvTranspose2d` whose forward runs ``stride**2`` phase convolutions.
+
+    Input ``(B, C_in, H, W)`` float -> output ``(B, C_out, s*H, s*W)`` for the decomposable
+    configurations (see :func:`phase_decomposable`; e.g. kernel 4 / stride 2 / padding 1, and
+    kernel 3 / stride 2 / padding 1 / output_padding 1), equal to ``nn.ConvTranspose2d`` up to
+    floating-point summation order. Other configurations run the transposed convolution.
+    """
+
+    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if (
+            output_size is not None
+            or self.padding_mode != "zeros"
+            or not phase_decomposable(
+                self.kernel_size,  # type: ignore[arg-type]
+                self.stride,  # type: ignore[arg-type]
+                self.padding,  # type: ignore[arg-type]
+                self.output_padding,  # type: ignore[arg-type]
+                self.dilation,  # type: ignore[arg-type]
+                self.groups,
+            )
+        ):
+            return super().forward(input, output_size)
+        return phase_conv_transpose2d(
+            input,
+            self.weight,
+            self.bias,
+            self.stride,  # type: ignore[arg-type]
+            self.padding,  # type: ignore[arg-type]
+        )
+
+
+def phase_conv_transpose2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> torch.Tensor:
+    """``F.conv_transpose2d(x, weight, bias, stride, padding, output_padding)`` by phases.
+
+    ``x``: ``(B, C_in, H, W)``; ``weight``: ``(C_in, C_out, kH, kW)``; the output padding is
+    implied (``kH + output_padding - 2*padding == stride``, checked by the caller). Returns
+    ``(B, C_out, sH*H, sW*W)``. Each phase pads the input by exactly what its window needs
+    (so the backward pass only slices and adds) and correlates it with its kernel taps.
+    """
+    ph_h = _phases(weight.shape[2], stride[0], padding[0])
+    ph_w = _phases(weight.shape[3], stride[1], padding[1])
+    w = weight.transpose(0, 1).flip((2, 3))  # (C_out, C_in, kH, kW) in correlation order
+    ys = []  # phase outputs (B, C_out, H, W), row phase major
+    for first_h, taps_h, off_h in ph_h:
+        for first_w, taps_w, off_w in ph_w:
+            # outputs m = 0 .. H-1 read rows m + off_h .. m + off_h + taps_h - 1 (likewise
+            # columns): zero-pad (or crop, where negative) the input to exactly that window
+            pad = (-off_w, off_w + taps_w - 1, -off_h, off_h + taps_h - 1)
+            xi = F.pad(x, pad) if any(pad) else x
+            k = w[:, :, first_h :: stride[0], first_w :: stride[1]]
+            ys.append(F.conv2d(xi, k, bias))
+    s_h, s_w = stride
+    if torch.onnx.is_in_onnx_export() and s_h == s_w:
+        # ONNX: DepthToSpace keeps the channel count known to shape inference (a Reshape with
+        # dynamic sizes loses it, and InstanceNormalization's export needs it). Channels
+        # (phase, c) -> (c, phase), then pixel_shuffle's c * s^2 + phase order.
+        c_out = weight.shape[1]
+        perm = torch.arange(s_h * s_w * c_out).view(s_h * s_w, c_out).t().reshape(-1)
+        return F.pixel_shuffle(torch.cat(ys, dim=1).index_select(1, perm.to(x.device)), s_h)
+    rows = [torch.stack(ys[r * s_w : (r + 1) * s_w], dim=-1) for r in range(s_h)]
+    y = torch.stack(rows, dim=3)  # (B, C_out, H, sH, W, sW)
+    return y.flatten(4, 5).flatten(2, 3)
