@@ -4,15 +4,23 @@ The same N tile pairs (256 x 256 RGB uint8, random crops of scikit-image's IHC f
 hematoxylin-only rendering, B the original) are written as
 
 - ``png``: ``A/<i>.png`` and ``B/<i>.png`` (Pillow, default compression), read by a dataset
-  that decodes both PNGs per item and applies the same crop/flip/rotation and normalization;
+  that decodes both PNGs per item and applies the same crop/flip/rotation as the store's;
 - ``zarr 1x256x256x3 (sharded 64)``: the store's own layout (one tile per chunk, 64 tiles per
   shard file), read by ``PairedPatchDataset`` (fast tile reader);
 - ``zarr 8x256x256x3``: eight tiles per chunk, read by ``PairedPatchDataset`` through zarr
   (the fast reader only handles one tile per chunk), so each item decodes 8 tiles per side;
 - ``zarr 1x256x256x3 via zarr API``: the store's layout with the fast reader switched off.
 
-Patches per second = pairs delivered by a ``DataLoader(batch_size=16)`` over one epoch
-(after one warm-up epoch), for ``num_workers`` 0 and 2.
+Two item pipelines, measured in the same run for every source:
+
+- ``raw`` (the datasets' contract): uint8 items, collated, then ``normalize_batch`` on each
+  batch in the consuming process (what the training loop does);
+- ``float`` (the contract before): each item normalized to float32 (``Normalization.forward``
+  in the dataset, i.e. in the worker), float32 batches collated.
+
+Patches per second = pairs delivered as normalized float32 batches by a
+``DataLoader(batch_size=16)`` over one epoch (after one warm-up epoch), for ``num_workers``
+0 and 2, ``torch.set_num_threads(1)``.
 
     .venv/bin/python benchmarks/data_patch_throughput.py [--n 512]
 """
@@ -38,18 +46,22 @@ from stainbench.data.augment import apply_params, sample_params
 from stainbench.data.datasets import PairedPatchDataset
 from stainbench.data.demo import load_source, render_stains
 from stainbench.data.store import create_store
-from stainbench.data.transforms import Normalization
+from stainbench.data.transforms import NORM_SUFFIX, Normalization, normalize_batch
 from stainbench.data.writer import compressor, finalize_with_stats
 
 TILE = 256
 
 
+RANGE = Normalization("range", "A", (127.5,) * 3, (127.5,) * 3)
+
+
 class PngPairs(Dataset):
-    """The PNG baseline: decode A and B, same augmentation and normalization as the store."""
+    """The PNG baseline: decode A and B, same augmentation as the store; raw uint8 items with
+    their normalization parameters, as ``PairedPatchDataset`` returns them."""
 
     def __init__(self, folder: Path, n: int, seed: int = 0) -> None:
         self.folder, self.n, self.seed = folder, n, seed
-        self.norm = Normalization("range", "A", (127.5,) * 3, (127.5,) * 3)
+        self.params = torch.from_numpy(RANGE.params())
 
     def __len__(self) -> int:
         return self.n
@@ -61,8 +73,23 @@ class PngPairs(Dataset):
         for d in ("A", "B"):
             with Image.open(self.folder / d / f"{i:05d}.png") as im:
                 raw = np.asarray(im)
-            out[d] = torch.from_numpy(self.norm.forward(apply_params(raw, params)))
+            out[d] = torch.from_numpy(apply_params(raw, params))
+            out[d + NORM_SUFFIX] = self.params
         return out
+
+
+class FloatItems(Dataset):
+    """The previous contract: every item normalized to float32 in the dataset (numpy)."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.ds[i]  # every source here uses the range mode
+        return {d: torch.from_numpy(RANGE.forward(item[d].numpy())) for d in ("A", "B")}
 
 
 def make_tiles(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,13 +124,16 @@ def write_store(
 
 
 def measure(ds: Dataset, workers: int, n: int) -> float:
+    """Pairs/s delivered as normalized float32 batches (raw items: ``normalize_batch`` here)."""
     loader = DataLoader(ds, batch_size=16, num_workers=workers, persistent_workers=workers > 0)
     for _ in loader:  # warm-up epoch (worker start, page cache, first decode)
         pass
     start = time.perf_counter()
     count = 0
     for batch in loader:
-        count += int(batch["A"].shape[0])
+        x = normalize_batch(batch)
+        assert x["A"].dtype == torch.float32
+        count += int(x["A"].shape[0])
     elapsed = time.perf_counter() - start
     assert count == n
     return count / elapsed
@@ -146,6 +176,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/data_patch.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    uptime_before = _uptime()
+    print(uptime_before, flush=True)
     work = Path(tempfile.mkdtemp(prefix="sb_patch_"))
     try:
         a, b = make_tiles(args.n, 0)
@@ -177,32 +209,45 @@ def main() -> None:
         results = []
         for workers in (0, 2):
             for name, make in cases.items():
-                rate = measure(make(), workers, args.n)
-                results.append({"case": name, "workers": workers, "patches_per_s": rate})
-                print(f"{name:45s} workers={workers}: {rate:8.1f} pairs/s", flush=True)
+                for items in ("float", "raw"):
+                    ds = make() if items == "raw" else FloatItems(make())
+                    rate = measure(ds, workers, args.n)
+                    results.append(
+                        {"case": name, "items": items, "workers": workers, "patches_per_s": rate}
+                    )
+                    print(
+                        f"{name:45s} {items:5s} workers={workers}: {rate:8.1f} pairs/s", flush=True
+                    )
         for r in results:
-            png = next(
-                x["patches_per_s"]
-                for x in results
-                if x["case"] == "png" and x["workers"] == r["workers"]
-            )
-            r["x_png"] = r["patches_per_s"] / png
+            for base in ("float", "raw"):
+                png = next(
+                    x["patches_per_s"]
+                    for x in results
+                    if x["case"] == "png" and x["workers"] == r["workers"] and x["items"] == base
+                )
+                r[f"x_png_{base}"] = r["patches_per_s"] / png
         report = {
-            "benchmark": "paired patch throughput, 256x256 RGB uint8, batch 16",
+            "benchmark": "paired patch throughput, 256x256 RGB uint8, batch 16, normalized batches",
             "n_pairs": args.n,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
-            "load_before": os.getloadavg(),
-            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+            "uptime_before": uptime_before,
+            "uptime_after": subprocess.run(
+                ["uptime"], capture_output=True, text=True
+            ).stdout.strip(),
             "bytes_on_disk": sizes,
             "decode_only_tiles_per_s": decode,
             "results": results,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
-        print(json.dumps({k: report[k] for k in ("uptime", "bytes_on_disk")}, indent=2))
+        print(json.dumps({k: report[k] for k in ("uptime_after", "bytes_on_disk")}, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def _slow(ds: PairedPatchDataset) -> PairedPatchDataset:

@@ -9,13 +9,21 @@ own files only):
 
 1. ``read``: every file of the store read sequentially in 8 MB blocks (Python, one process):
    the plain sequential read speed of the same files;
-2. ``stats``: ``stainbench data stats STORE`` in a fresh process (one streaming pass: read,
-   decompress, histogram), timed, with its peak RSS from ``/usr/bin/time``.
+2. ``stats``: ``recompute_store_stats`` (what ``stainbench data stats STORE`` runs) in a
+   fresh process (one streaming pass: read, decompress, histogram, write the attributes),
+   timed with its start-up, with its peak RSS from ``/usr/bin/time``; once per variant
+   (``--variants``): ``threads1`` (one block at a time in this process), ``threads2`` (the
+   default: two threads, one block's I/O overlapping another's counting), ``proc2`` (two
+   spawned worker processes counting in parallel), ``local`` (a local Dask cluster of 2
+   worker processes, ``--scheduler local``), and with ``--compare-src DIR``
+   also ``src`` (the default pass of another stainbench source tree, e.g. an older commit
+   from ``git archive``, for before/after in one run).
 
 ``ratio`` = read time / stats time (>= 0.8 is the target). The files are deleted afterwards
 unless ``--keep``.
 
     .venv/bin/python benchmarks/data_stats_volume.py [--sizes 4,8] [--dir /tmp]
+        [--variants threads1,threads2,local] [--compare-src DIR]
 """
 
 from __future__ import annotations
@@ -84,10 +92,35 @@ def sequential_read(path: Path) -> tuple[int, float]:
     return total, time.perf_counter() - start
 
 
-def stats_pass(path: Path, scheduler: str | None) -> tuple[float, int, float]:
-    """Wall seconds, peak RSS in bytes and CPU seconds (user + sys) of one stats run."""
-    cmd = ["/usr/bin/time", "-f", "%M %U %S", sys.executable, "-m", "stainbench", "data", "stats"]
-    cmd += [str(path)] + (["--scheduler", scheduler] if scheduler else [])
+_RUN = """
+import sys
+src = sys.argv[3]
+if src:  # another source tree: bypass the installed (editable) package
+    sys.meta_path = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+    sys.path.insert(0, src)
+    from stainbench.data.stats import recompute_store_stats
+    recompute_store_stats(sys.argv[1])
+else:
+    from stainbench.data.stats import recompute_store_stats
+    variant = sys.argv[2]
+    if variant == "local":
+        recompute_store_stats(sys.argv[1], scheduler="local")
+    elif variant.startswith("proc"):
+        recompute_store_stats(sys.argv[1], processes=int(variant.removeprefix("proc")))
+    else:
+        threads = int(variant.removeprefix("threads"))
+        recompute_store_stats(sys.argv[1], threads=threads, processes=1)
+"""
+
+
+def stats_pass(path: Path, variant: str, src: str = "") -> tuple[float, int, float]:
+    """Wall seconds, peak RSS in bytes and CPU seconds (user + sys) of one stats run.
+
+    Dask workers are separate processes: their CPU time and memory are not in these
+    numbers (the ``local`` variant's RSS is the client's only); ``/usr/bin/time`` reports the
+    largest of the process and its spawned workers, not their sum.
+    """
+    cmd = ["/usr/bin/time", "-f", "%M %U %S", sys.executable, "-c", _RUN, str(path), variant, src]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
@@ -97,13 +130,26 @@ def stats_pass(path: Path, scheduler: str | None) -> tuple[float, int, float]:
     return elapsed, int(rss_kb) * 1024, float(user) + float(system)
 
 
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="4,8", help="volume sizes in GB, comma separated")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/data_stats.json"))
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--variants",
+        default="threads1,threads2,proc2,local",
+        help="stats variants, comma separated",
+    )
+    parser.add_argument("--compare-src", default="", help="another stainbench source tree")
     args = parser.parse_args()
+    variants = [v for v in args.variants.split(",") if v] + (["src"] if args.compare_src else [])
+    uptime_before = _uptime()
+    print(uptime_before, flush=True)
     results = []
     for size in (float(s) for s in args.sizes.split(",")):
         path = Path(tempfile.mkdtemp(prefix=f"sb_stats_{size:g}gb_", dir=args.dir)) / "v.zarr"
@@ -114,9 +160,7 @@ def main() -> None:
             raw = int(np.prod(shape)) * 2
             evict(path)
             nbytes, read_s = sequential_read(path)
-            evict(path)
-            stats_s, rss, cpu_s = stats_pass(path, None)
-            row = {
+            row: dict = {
                 "size_gb": raw / 1e9,
                 "shape": list(shape),
                 "file_bytes": nbytes,
@@ -124,17 +168,26 @@ def main() -> None:
                 "write_s": write_s,
                 "read_s": read_s,
                 "read_MBps_files": nbytes / 1e6 / read_s,
-                "stats_s": stats_s,
-                "stats_MBps_files": nbytes / 1e6 / stats_s,
-                "stats_MBps_voxels": raw / 1e6 / stats_s,
-                "ratio_read_over_stats_time": read_s / stats_s,
-                "stats_peak_rss_MB": rss / 1e6,
-                "stats_cpu_s": cpu_s,
-                "stats_MBps_files_per_cpu_s": nbytes / 1e6 / cpu_s,
-                "load_after": os.getloadavg(),
+                "stats": {},
             }
+            for variant in variants:
+                evict(path)
+                src = args.compare_src if variant == "src" else ""
+                stats_s, rss, cpu_s = stats_pass(path, variant, src)
+                row["stats"][variant] = {
+                    "stats_s": stats_s,
+                    "stats_MBps_files": nbytes / 1e6 / stats_s,
+                    "stats_MBps_voxels": raw / 1e6 / stats_s,
+                    "ratio_read_over_stats_time": read_s / stats_s,
+                    "peak_rss_MB": rss / 1e6,
+                    "cpu_s": cpu_s,
+                    "load_after": os.getloadavg(),
+                }
+                print(variant, json.dumps(row["stats"][variant]), flush=True)
+            evict(path)
+            row["read_again_s"] = sequential_read(path)[1]  # did the disk change meanwhile?
             results.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "stats"}), flush=True)
         finally:
             if not args.keep:
                 shutil.rmtree(path.parent, ignore_errors=True)
@@ -142,7 +195,9 @@ def main() -> None:
         "benchmark": "statistics pass over uint16 volumes vs sequential read of the same files",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
-        "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        "uptime_before": uptime_before,
+        "uptime_after": _uptime(),
+        "compare_src": args.compare_src or None,
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

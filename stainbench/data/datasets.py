@@ -1,7 +1,15 @@
 """PyTorch datasets over a store: paired, unpaired and volume patches.
 
-Every item is a dict of float32 tensors, channels first, normalized with the dataset's
-:class:`~stainbench.data.transforms.Normalization`. Items depend only on
+Every item is a dict of raw patches and their normalization parameters::
+
+    {"A": (C, P, P) uint8/uint16, "A_norm": (2, C) float32, "B": ..., "B_norm": ...}
+
+channels first, with the stored dtype (flips and rotations are exact on integers).
+``"A_norm"`` holds the offsets and scales of the dataset's
+:class:`~stainbench.data.transforms.Normalization` for this patch (per tile in the
+``percentile`` mode). :func:`~stainbench.data.transforms.normalize_batch` turns a collated
+batch into the float32 network inputs once per batch, bit-identical to normalizing each item
+(:meth:`normalized` does it for one item). Items depend only on
 ``(seed, epoch, index)``: the random crop/flip/rotation of item ``i`` in epoch ``e`` comes from
 ``numpy.random.default_rng([seed, e, i])``. The store is opened lazily in each process, so the
 datasets can be handed to ``DataLoader(num_workers=N)``; only the chunks a patch touches are
@@ -21,7 +29,7 @@ from torch.utils.data import Dataset
 from stainbench.data.augment import PatchParams, apply_params, sample_params
 from stainbench.data.fastread import TileReader
 from stainbench.data.store import TileStore, open_store
-from stainbench.data.transforms import MODES, Normalization
+from stainbench.data.transforms import MODES, NORM_SUFFIX, Normalization, normalize_batch
 from stainbench.errors import DataError
 
 NormalizationArg = str | Mapping[str, Normalization]
@@ -121,15 +129,22 @@ class _StoreDataset(Dataset):
             return norm
         return norm.for_image(per[tile])
 
-    def _read(self, domain: str, tile: int, params: PatchParams, patch: int) -> torch.Tensor:
+    def _read(
+        self, out: dict[str, torch.Tensor], domain: str, tile: int, params: PatchParams, patch: int
+    ) -> None:
+        """Put the raw ``(C, P, P)`` patch and its ``(2, C)`` normalization into ``out``."""
         ys, xs = slice(params.y, params.y + patch), slice(params.x, params.x + patch)
         reader = self._reader(domain)
         if reader is not None:
             raw = reader.read_tile(tile)[ys, xs]
         else:
             raw = np.asarray(self.store.array(self.split, domain)[tile, ys, xs, :])
-        chw = apply_params(raw, params)
-        return torch.from_numpy(self._norm_for(domain, tile).forward(chw))
+        out[domain] = torch.from_numpy(apply_params(raw, params))
+        out[domain + NORM_SUFFIX] = torch.from_numpy(self._norm_for(domain, tile).params())
+
+    def normalized(self, index: int) -> dict[str, torch.Tensor]:
+        """Item ``index`` as float32 network inputs ``{"A": (C, P, P), "B": ...}``."""
+        return normalize_batch(self[index])
 
 
 def _value_range(store: TileStore, split: str, domain: str) -> tuple[float, float, int]:
@@ -139,7 +154,8 @@ def _value_range(store: TileStore, split: str, domain: str) -> tuple[float, floa
 
 
 class PairedPatchDataset(_StoreDataset):
-    """Aligned ``{"A": (C, P, P), "B": (C, P, P)}`` float32 patches of a paired store.
+    """Aligned ``{"A": (C, P, P), "B": (C, P, P)}`` raw patches of a paired store (with their
+    ``"A_norm"``/``"B_norm"`` parameters, see the module docstring).
 
     ``store``: path or :class:`TileStore`; ``split``: ``"train"``/``"val"``; ``patch_size``: P
     (None: the whole tile); ``normalization``: a mode (``"range"``, ``"zscore"``,
@@ -178,10 +194,10 @@ class PairedPatchDataset(_StoreDataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         params = sample_params(self._rng(index), *self.tile_hw, self.patch_size)
-        return {
-            "A": self._read("A", index, params, self.patch_size),
-            "B": self._read("B", index, params, self.patch_size),
-        }
+        out: dict[str, torch.Tensor] = {}
+        self._read(out, "A", index, params, self.patch_size)
+        self._read(out, "B", index, params, self.patch_size)
+        return out
 
 
 class UnpairedPatchDataset(_StoreDataset):
@@ -224,10 +240,10 @@ class UnpairedPatchDataset(_StoreDataset):
         ib = int(rng.integers(0, self.counts["B"])) if rng is not None else index % self.counts["B"]
         pa = sample_params(rng, *self.tile_hw["A"], self.patch_size)
         pb = sample_params(rng, *self.tile_hw["B"], self.patch_size)
-        return {
-            "A": self._read("A", ia, pa, self.patch_size),
-            "B": self._read("B", ib, pb, self.patch_size),
-        }
+        out: dict[str, torch.Tensor] = {}
+        self._read(out, "A", ia, pa, self.patch_size)
+        self._read(out, "B", ib, pb, self.patch_size)
+        return out
 
 
 # Volume patches live in their own module; re-exported here so that every dataset comes from

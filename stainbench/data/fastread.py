@@ -54,6 +54,7 @@ class ChunkReader:
         self._blosc = numcodecs.Blosc()
         self._crc = numcodecs.CRC32C()
         self._index_cache: dict[tuple[int, ...], np.ndarray | None] = {}
+        self._root = str(folder / "c")  # chunk keys: "c/i/j/..." (plain strings: pathlib is slow)
         if shards is not None:
             self._inner = tuple(s // c for s, c in zip(shards, chunks, strict=True))
 
@@ -107,15 +108,15 @@ class ChunkReader:
     def read_chunk(self, coords: tuple[int, ...]) -> np.ndarray:
         """The chunk at grid ``coords``: a full chunk-shaped array (edge chunks padded)."""
         if self.shards is None:
-            path = self.folder.joinpath("c", *map(str, coords))
             try:
-                data = path.read_bytes()
+                with open(self._key(coords), "rb") as fh:
+                    data = fh.read()
             except FileNotFoundError:
                 return self._fill()
             return self._decode(data)
         shard = tuple(c // r for c, r in zip(coords, self._inner, strict=True))
         inner = tuple(c % r for c, r in zip(coords, self._inner, strict=True))
-        path = self.folder.joinpath("c", *map(str, shard))
+        path = self._key(shard)
         index = self._index(shard, path)
         if index is None:
             return self._fill()
@@ -162,7 +163,10 @@ class ChunkReader:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _index(self, shard: tuple[int, ...], path: Path) -> np.ndarray | None:
+    def _key(self, coords: tuple[int, ...]) -> str:
+        return "/".join((self._root, *map(str, coords)))
+
+    def _index(self, shard: tuple[int, ...], path: str) -> np.ndarray | None:
         if shard in self._index_cache:
             return self._index_cache[shard]
         size = int(np.prod(self._inner)) * 16 + 4

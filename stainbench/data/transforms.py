@@ -9,6 +9,12 @@ pixel units (0..255 for uint8, 0..65535 for uint16). The three modes (see docs/D
   ``offset = (p1 + p99) / 2``, ``scale = (p99 - p1) / 2``. :meth:`Normalization.from_stats`
   uses the data set's percentiles (what a served model applies to an unknown image); the
   training datasets use each tile's own percentiles (:meth:`Normalization.for_image`).
+
+Datasets return raw integer patches with their normalization parameters (``"A"`` and
+``"A_norm"``, see :func:`item_params`); :func:`normalize_batch` turns a collated batch into
+float32 network inputs once per batch (on the training device). It computes exactly what
+:meth:`Normalization.forward` computes per item (the same float32 subtraction and division,
+element by element), so the numbers are bit-identical.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from stainbench.data.stats import FIELDS, check_stats
 from stainbench.errors import DataError
 
 MODES = ("range", "zscore", "percentile")
+#: Key suffix of an item's normalization parameters: ``item["A_norm"]`` belongs to ``item["A"]``.
+NORM_SUFFIX = "_norm"
 NORMALIZATION_SCHEMA_VERSION = 1
 #: Smallest scale used, so that a constant channel does not divide by zero (raw units).
 MIN_SCALE = 1e-6
@@ -168,6 +176,16 @@ class Normalization:
         offset, scale = self._params(x, channel_axis)
         return _to_float(x) * scale + offset  # type: ignore[operator,return-value]
 
+    def params(self, repeat: int = 1) -> np.ndarray:
+        """``(2, C * repeat)`` float32: row 0 the offsets, row 1 the scales.
+
+        ``repeat`` tiles the channels for stacks whose channels are ``repeat`` slices of C
+        channels each, slice-major (2.5D inputs). These are the float32 values
+        :meth:`forward` uses.
+        """
+        out = np.asarray([self.offset, self.scale], dtype=np.float32)
+        return np.tile(out, (1, repeat)) if repeat > 1 else out
+
     def _params(self, x: Any, channel_axis: int) -> tuple[Any, Any]:
         ndim = x.ndim
         axis = channel_axis % ndim
@@ -194,3 +212,50 @@ def _to_float(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return x.astype(np.float32, copy=False)
     return x.float()
+
+
+def normalize_raw(raw: Any, params: Any) -> Any:
+    """Raw patches to normalized float32: ``(raw - offset) / scale`` per channel.
+
+    ``raw``: integer (uint8/uint16) tensor ``(*L, C, ...)`` - an item ``(C, H, W)`` /
+    ``(C, D, H, W)`` or a batch with leading dims ``L = (B,)``; ``params``: float32 ``(*L, 2, C)``
+    (:meth:`Normalization.params`, collated). Returns a new float32 tensor of ``raw``'s shape,
+    on ``raw``'s device. Element by element the same float32 operations as
+    :meth:`Normalization.forward`, so the results are bit-identical.
+    """
+    import torch
+
+    lead = tuple(params.shape[:-2])
+    c = int(params.shape[-1])
+    if tuple(raw.shape[: len(lead) + 1]) != (*lead, c):
+        raise DataError(
+            f"normalization parameters {tuple(params.shape)} do not fit patches "
+            f"{tuple(raw.shape)} (expected leading dims {(*lead, c)})"
+        )
+    shape = (*lead, c, *([1] * (raw.ndim - len(lead) - 1)))
+    p = torch.as_tensor(params, device=raw.device, dtype=torch.float32)
+    out = raw.to(torch.float32)  # exact for 8- and 16-bit integers; a new tensor
+    if out.data_ptr() == raw.data_ptr():  # already float32: never modify the caller's tensor
+        out = out.clone()
+    out.sub_(p[..., 0, :].reshape(shape))
+    out.div_(p[..., 1, :].reshape(shape))
+    return out
+
+
+def normalize_batch(batch: Mapping[str, Any], device: Any = None) -> dict[str, Any]:
+    """A collated batch of dataset items to network inputs, on ``device``.
+
+    ``batch``: ``{"A": raw (B, C, ...), "A_norm": (B, 2, C), "B": ..., "B_norm": ...}`` as
+    :class:`torch.utils.data.DataLoader` collates the datasets' items (a single item works
+    too). Returns ``{"A": float32, "B": float32}`` normalized; keys without parameters pass
+    through (moved to ``device``). The raw integers travel to the device (4x fewer bytes than
+    float32 for uint8) and are normalized there.
+    """
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if key.endswith(NORM_SUFFIX):
+            continue
+        x = value.to(device, non_blocking=True) if device is not None else value
+        params = batch.get(key + NORM_SUFFIX)
+        out[key] = x if params is None else normalize_raw(x, params)
+    return out

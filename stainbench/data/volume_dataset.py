@@ -8,6 +8,11 @@ Shapes of one item (``C`` channels of the stored volume, ``P`` = ``patch_size``,
   (slice-major: channels of slice ``z - D//2`` first); ``B`` is the centre slice ``(C, P, P)``;
 - ``"3d"``: ``A`` and ``B`` are ``(C, D, P, P)``.
 
+Items hold raw patches (the stored dtype) and their normalization parameters, as the tile
+datasets (:mod:`stainbench.data.datasets`): ``"A_norm"`` is ``(2, C_A)`` float32 with the
+channels of ``A``'s layout (a 2.5D stack repeats the volume's C channels for each slice);
+:func:`~stainbench.data.transforms.normalize_batch` gives the float32 network inputs.
+
 Only slices inside the split's z range are used (neighbours included), so a region split by
 z never leaks validation slices into training stacks. Zarr reads only the chunks a patch
 touches. Augmentation flips and rotates in the (y, x) plane, identically on A and B.
@@ -28,7 +33,7 @@ from stainbench.data.augment import PatchParams, apply_params
 from stainbench.data.fastread import ChunkReader
 from stainbench.data.stats import FIELDS
 from stainbench.data.store import TileStore, VolumeRef, open_store
-from stainbench.data.transforms import MODES, Normalization
+from stainbench.data.transforms import MODES, NORM_SUFFIX, Normalization, normalize_batch
 from stainbench.errors import DataError
 
 VOLUME_MODES = ("2d", "2.5d", "3d")
@@ -198,6 +203,7 @@ class VolumePatchDataset(Dataset):
         return span, span.z_lo + z, PatchParams(iy * p, ix * p)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """Raw patches and their normalization parameters (see the module docstring)."""
         if not 0 <= index < self.length:
             raise IndexError(index)
         span, z, params = self.locate(index)
@@ -216,15 +222,22 @@ class VolumePatchDataset(Dataset):
             else:
                 raw = np.asarray(self.store.volume_array(span.name, domain)[region])
             cdhw = apply_params(raw, params)  # (C, D, P, P)
-            x = self._norm(domain, span.name).forward(cdhw, channel_axis=0)
+            norm = self._norm(domain, span.name)
+            repeat = 1
             if self.mode == "3d":
-                tensor = x
+                tensor = cdhw
             elif self.mode == "2.5d" and domain == "A":
-                tensor = np.ascontiguousarray(np.swapaxes(x, 0, 1)).reshape(-1, p, p)
+                tensor = np.swapaxes(cdhw, 0, 1).reshape(-1, p, p)  # slice-major channels
+                repeat = cdhw.shape[1]
             else:
-                tensor = x[:, 0]
+                tensor = cdhw[:, 0]
             out[domain] = torch.from_numpy(np.ascontiguousarray(tensor))
+            out[domain + NORM_SUFFIX] = torch.from_numpy(norm.params(repeat))
         return out
+
+    def normalized(self, index: int) -> dict[str, torch.Tensor]:
+        """Item ``index`` as float32 network inputs (shapes as in the module docstring)."""
+        return normalize_batch(self[index])
 
     def _norm(self, domain: str, volume: str) -> Normalization:
         norm = self.normalization[domain]

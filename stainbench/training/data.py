@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
+from stainbench.data.transforms import normalize_batch
 from stainbench.errors import ConfigError, DataError
 from stainbench.training.recipe import Recipe
 
@@ -42,7 +43,9 @@ class ValTiles:
 class TrainingData:
     """The datasets of one run.
 
-    ``train``: items ``{"A": (C_A, P, P), "B": (C_B, P, P)}`` float32, normalized; ``val``:
+    ``train``: items ``{"A": (C_A, P, P), "B": (C_B, P, P)}`` raw (uint8/uint16) with their
+    ``"A_norm"``/``"B_norm"`` ``(2, C)`` parameters; the loop normalizes each batch with
+    :func:`~stainbench.data.transforms.normalize_batch` (bit-identical to float32 items); ``val``:
     paired whole (or centre-cropped) validation tiles with the training normalization, or
     None when the store has no paired validation split; ``norm``: ``{"A", "B"}``
     ``Normalization``; ``value_max``: the raw data's maximum (255 for uint8).
@@ -175,12 +178,11 @@ def _volume_data(recipe: Recipe, opened: Any, size_multiple: int) -> TrainingDat
             augment=False,
         )
         n = len(vds) if d.val_tiles <= 0 else min(d.val_tiles, len(vds))
-        items = [vds[i] for i in range(n)]
-        x = torch.stack([it["A"] for it in items])
-        b = torch.stack([it["B"] for it in items])
+        batch = default_collate([vds[i] for i in range(n)])
+        x, b = batch["A"], batch["B"]  # raw (N, C_in, S, S), (N, C, S, S)
         c = b.shape[1]
         centre = x[:, (x.shape[1] // c // 2) * c :][:, :c]
-        val = ValTiles(A=_raw(centre, norm["A"], value_max), B=_raw(b, norm["B"], value_max), X=x)
+        val = ValTiles(A=_nhwc(centre), B=_nhwc(b), X=normalize_batch(batch)["A"])
     sample = train[0]
     return TrainingData(
         store=Path(opened.path),
@@ -196,10 +198,9 @@ def _volume_data(recipe: Recipe, opened: Any, size_multiple: int) -> TrainingDat
     )
 
 
-def _raw(x: torch.Tensor, norm: Any, value_max: float) -> np.ndarray:
-    """Normalized ``(N, C, H, W)`` back to raw integer ``(N, H, W, C)``."""
-    raw = norm.inverse(x).clamp(0, value_max).round().permute(0, 2, 3, 1).numpy()
-    return raw.astype(np.uint8 if value_max <= 255 else np.uint16)
+def _nhwc(x: torch.Tensor) -> np.ndarray:
+    """Raw ``(N, C, H, W)`` integer patches as a contiguous ``(N, H, W, C)`` array."""
+    return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
 
 
 class EpochIndexed(Dataset):
@@ -213,6 +214,7 @@ class EpochIndexed(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """The dataset's (raw) item ``index`` of ``epoch``."""
         epoch, index = key
         if getattr(self.dataset, "epoch", None) != epoch:
             self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]

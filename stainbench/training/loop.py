@@ -1,6 +1,7 @@
 """The generic training loop: ``fit(recipe, ...)`` drives any family's :class:`Task`.
 
-Per step: a batch from the deterministic per-step sampler, ``task.set_input``,
+Per step: a batch of raw patches from the deterministic per-step sampler, normalized on the
+device (:func:`~stainbench.data.transforms.normalize_batch`), ``task.set_input``,
 ``task.optimize``, a finiteness check of the losses, the LR schedule. Every
 ``train.log_every`` steps a row goes to ``metrics.jsonl`` and ``metrics.csv``; every
 ``train.val_every`` steps (and at the end) the A -> B generator is scored on the store's
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 import yaml
 
+from stainbench.data.transforms import normalize_batch
 from stainbench.errors import ConfigError, ModelError, TrainingError
 from stainbench.training.checkpoint import load_checkpoint, save_checkpoint
 from stainbench.training.data import EpochIndexed, StepBatches, TrainingData, open_training_data
@@ -472,7 +474,7 @@ def _fit(
         with _sigint_flag() as flag, bar:
             tick = time.perf_counter()
             for batch in loader:
-                task.set_input(batch)
+                task.set_input(normalize_batch(batch, device))
                 losses = task.optimize()
                 bad = [k for k, v in losses.items() if not math.isfinite(v)]
                 if bad:

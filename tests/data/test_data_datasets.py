@@ -28,7 +28,8 @@ def paired(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
 
 
 def _raw(ds: PairedPatchDataset, item: dict[str, torch.Tensor], d: str) -> np.ndarray:
-    return np.rint(ds.normalization[d].inverse(item[d].numpy())).astype(np.int64)
+    assert item[d].dtype == torch.uint8  # items are raw; normalization happens per batch
+    return item[d].numpy().astype(np.int64)
 
 
 def _dihedral(chw: np.ndarray) -> list[np.ndarray]:
@@ -46,7 +47,8 @@ def test_pairs_stay_aligned_pixel_by_pixel(paired) -> None:
     seen_transforms = set()
     for i in range(len(ds)):
         item = ds[i]
-        assert item["A"].shape == (3, 16, 16) and item["A"].dtype == torch.float32
+        assert item["A"].shape == (3, 16, 16) and item["A"].dtype == torch.uint8
+        assert item["A_norm"].shape == (2, 3) and item["A_norm"].dtype == torch.float32
         ra, rb = _raw(ds, item, "A"), _raw(ds, item, "B")
         np.testing.assert_array_equal(rb, 255 - ra)
         # the A patch is a crop of tile i under one of the 8 flips/rotations
@@ -85,18 +87,21 @@ def test_dataloader_workers_give_the_same_batches(paired) -> None:
     path, _ = paired
     ds = PairedPatchDataset(path, "train", 16, seed=2)
     ds.set_epoch(3)
-    ref = [b["A"] for b in DataLoader(ds, batch_size=4, num_workers=0)]
-    got = [b["A"] for b in DataLoader(ds, batch_size=4, num_workers=2)]
-    assert all(torch.equal(x, y) for x, y in zip(ref, got, strict=True))
+    ref = list(DataLoader(ds, batch_size=4, num_workers=0))
+    got = list(DataLoader(ds, batch_size=4, num_workers=2))
+    assert len(ref) == 3
+    for x, y in zip(ref, got, strict=True):
+        assert x.keys() == y.keys() == {"A", "A_norm", "B", "B_norm"}
+        assert all(torch.equal(x[k], y[k]) for k in x)
 
 
 def test_zscore_and_percentile_normalization(paired) -> None:
     path, a = paired
     z = PairedPatchDataset(path, "train", None, normalization="zscore", augment=False)
-    x = torch.stack([z[i]["A"] for i in range(len(z))])
+    x = torch.stack([z.normalized(i)["A"] for i in range(len(z))])
     assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
     p = PairedPatchDataset(path, "train", None, normalization="percentile", augment=False)
-    item = p[0]["A"].numpy()
+    item = p.normalized(0)["A"].numpy()
     tile = np.moveaxis(a[0], -1, 0).astype(np.float64)
     for c in range(3):
         lo, hi = np.percentile(tile[c], [1, 99])

@@ -1,0 +1,91 @@
+"""Histogram kernels of the statistics pass: exact counts for every dtype, channel count and
+piece boundary; threaded and sequential passes give identical statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from stainbench.data import stats
+from stainbench.data.ingest import IngestOptions, ingest
+from stainbench.data.stats import (
+    batch_histograms,
+    channel_histograms,
+    compute_store_stats,
+    summarize,
+)
+from stainbench.data.store import open_store
+
+
+def _reference(x: np.ndarray) -> np.ndarray:
+    bins = 256 if x.dtype == np.uint8 else 65536
+    flat = x.reshape(-1, x.shape[-1])
+    return np.stack([np.bincount(flat[:, k], minlength=bins) for k in range(flat.shape[1])])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_channel_histograms_are_exact_across_pieces(
+    monkeypatch: pytest.MonkeyPatch, dtype: type, channels: int
+) -> None:
+    monkeypatch.setattr(stats, "_CACHE_PIECE", 1000)  # many pieces, ragged last piece
+    rng = np.random.default_rng(channels)
+    hi = int(np.iinfo(dtype).max) + 1
+    x = rng.integers(0, hi, (7, 53, 11, channels)).astype(dtype)
+    x[0, 0, 0] = hi - 1  # the extreme bins are counted too
+    x[0, 0, 1] = 0
+    got = channel_histograms(x)
+    assert got.dtype == np.int64 and got.shape == (channels, hi)
+    np.testing.assert_array_equal(got, _reference(x))
+    np.testing.assert_array_equal(channel_histograms(x[:1, :1, :1]), _reference(x[:1, :1, :1]))
+
+
+def test_percentiles_from_histograms_equal_numpy() -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.normal(20000, 3000, (40, 37, 2))).clip(0, 65535).astype(np.uint16)
+    summary = summarize(channel_histograms(x))
+    for c in range(2):
+        v = x[..., c].astype(np.float64)
+        expected = [v.mean(), v.std(), v.min(), v.max(), *np.percentile(v, [0.5, 1, 99, 99.5])]
+        np.testing.assert_allclose(summary[c], expected, rtol=1e-12)
+    per = batch_histograms(x[None])
+    np.testing.assert_array_equal(per[0], channel_histograms(x))
+
+
+@pytest.fixture(scope="module")
+def volume_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hist")
+    vol = np.random.default_rng(8).integers(0, 60000, (12, 40, 36, 2)).astype(np.uint16)
+    tifffile.imwrite(root / "v.tif", vol, photometric="minisblack", planarconfig="contig")
+    ingest(root / "v.tif", root / "v.zarr", IngestOptions(layout="volume", chunks=(2, 8, 8)))
+    return root / "v.zarr"
+
+
+@pytest.mark.parametrize(("threads", "processes"), [(1, 1), (2, 1), (3, 1), (1, 2)])
+def test_threaded_pass_gives_identical_statistics(
+    monkeypatch: pytest.MonkeyPatch, volume_store: Path, threads: int, processes: int
+) -> None:
+    store = open_store(volume_store)
+    ref = compute_store_stats(store, threads=1)
+    orig = stats.plan_blocks  # small blocks: many in flight at once, finishing out of order
+    monkeypatch.setattr(stats, "plan_blocks", lambda s: orig(s, max_block_bytes=4000))
+    got = compute_store_stats(store, threads=threads, processes=processes)
+    assert got.n_blocks > 20 and ref.n_blocks < got.n_blocks
+    assert got.stats == ref.stats
+    vol = np.asarray(store.volume_array("v", "A")[...]).astype(np.float64)
+    for c in range(2):
+        train = got.stats["splits"]["train"]["A"]
+        assert train["max"][c] <= vol[..., c].max()
+        whole = got.stats["per_volume"]["v"]["A"]
+        assert whole["p99"][c] == np.percentile(vol[..., c], 99)
+        assert whole["mean"][c] == pytest.approx(vol[..., c].mean(), rel=1e-12)
+
+
+def test_bad_parallelism_is_one_line(volume_store: Path) -> None:
+    from stainbench.errors import DataError
+
+    with pytest.raises(DataError, match=r"threads \(0\) and processes \(1\) must be >= 1"):
+        compute_store_stats(open_store(volume_store), threads=0)
