@@ -46,10 +46,12 @@ from stainbench.data.writer import (
 )
 from stainbench.errors import DataError
 
-#: Default sizes (the seed's 7,500 / 750 tiles; 128 px keeps train and val bands disjoint).
+#: Default sizes (the seed's 7,500 / 750 tiles).
 DEFAULT_TILE = 128
 DEFAULT_TRAIN = 7500
 DEFAULT_VAL = 750
+#: Gap in pixels between a training and a validation cell of the checkerboard split.
+GUARD = 8
 #: Demo volume: slices, slice side, drift per slice in pixels.
 VOLUME_Z = 32
 VOLUME_SIDE = 256
@@ -71,7 +73,7 @@ class DemoResult:
     n_train: int
     n_val: int
     seed: int
-    regions: dict[str, list[int]] = field(default_factory=dict)
+    regions: dict[str, list[list[int]]] = field(default_factory=dict)
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -101,28 +103,84 @@ def render_stains(rgb: np.ndarray, h_only: bool, factor: float = 1.0) -> np.ndar
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
 
-def val_band_height(tile: int, image_height: int = 512) -> int:
-    """Rows of the validation band: ``max(tile + 64, 160)``, at most ``image_height - tile``."""
-    return min(image_height - tile, max(tile + 64, 160))
+def stripe_count(tile: int, width: int = 512) -> int:
+    """Vertical stripes of the split: ``max(2, width // (tile + tile // 4 + GUARD))``.
+
+    Each stripe must hold a tile plus the guard with room to spare (a quarter tile), so that
+    its tiles come from many positions: 3 stripes for the default 128-pixel tiles, 10 for 32.
+    """
+    return max(2, width // (tile + tile // 4 + GUARD))
+
+
+def guard_width(tile: int, width: int = 512) -> int:
+    """Guard gap in pixels between neighbouring stripes: ``GUARD``, or 0 when a stripe is too
+    narrow to hold a tile with the guard (tiles above 248 pixels)."""
+    narrowest = width // stripe_count(tile, width)
+    return GUARD if narrowest - GUARD >= tile else 0
 
 
 def max_tile(image_height: int = 512) -> int:
-    """Largest tile side for which both bands hold at least one tile (256 for 512 rows)."""
+    """Largest tile side for which every region holds a tile (256 for 512 pixels)."""
     return image_height // 2
 
 
-def regions(tile: int, shape: tuple[int, int] = (512, 512)) -> dict[str, list[int]]:
-    """Train / val bands as ``[y0, y1, x0, x1]`` (half-open), disjoint."""
+def regions(tile: int, shape: tuple[int, int] = (512, 512)) -> dict[str, list[list[int]]]:
+    """Train / val regions: lists of ``[y0, y1, x0, x1]`` (half-open), pairwise disjoint.
+
+    The field is cut into ``stripe_count(tile)`` vertical stripes of (nearly) equal width,
+    each the full height; stripe ``k`` (from the left) is training when ``k`` is even and
+    validation when it is odd, so both splits run through the glands at the top and the
+    stroma at the bottom of the field (the same tissue mix). Each stripe is narrowed by half
+    the guard (``guard_width(tile)``) on every side it shares with another stripe, so every
+    training pixel is at least the guard away from every validation pixel. A tile always lies
+    inside one region, hence no training tile contains a validation pixel.
+    """
     h, w = shape
-    vh = val_band_height(tile, h)
-    return {"train": [0, h - vh, 0, w], "val": [h - vh, h, 0, w]}
+    n = stripe_count(tile, w)
+    g = guard_width(tile, w)
+    edges = [round(k * w / n) for k in range(n + 1)]
+    out: dict[str, list[list[int]]] = {"train": [], "val": []}
+    for k in range(n):
+        x0 = edges[k] + (g // 2 if k > 0 else 0)
+        x1 = edges[k + 1] - (g - g // 2 if k < n - 1 else 0)
+        out["train" if k % 2 == 0 else "val"].append([0, h, x0, x1])
+    return out
 
 
-def sample_positions(rng: np.random.Generator, region: list[int], tile: int, n: int) -> np.ndarray:
-    """``n`` top-left corners ``(y, x)`` (int64 ``(n, 2)``) of tiles inside ``region``."""
-    y0, y1, x0, x1 = region
-    ys = rng.integers(y0, y1 - tile + 1, size=n)
-    xs = rng.integers(x0, x1 - tile + 1, size=n)
+def split_layout(tile: int, reg: dict[str, list[list[int]]]) -> dict[str, Any]:
+    """The manifest's description of the split (method, layout, guard, regions, rule)."""
+    n = stripe_count(tile)
+    return {
+        "method": "region",
+        "layout": "vertical_stripes",
+        "stripes": n,
+        "guard_px": guard_width(tile),
+        "regions": reg,
+        "rule": (
+            f"the field is cut into {n} full-height vertical stripes; stripe k (from the left, "
+            "from 0) is train when k is even, val when k is odd; each stripe is narrowed by "
+            "half the guard on every side it shares with another stripe; every tile lies "
+            "entirely inside one region ([y0, y1, x0, x1], half-open)"
+        ),
+    }
+
+
+def sample_positions(
+    rng: np.random.Generator, region_list: list[list[int]], tile: int, n: int
+) -> np.ndarray:
+    """``n`` top-left corners ``(y, x)`` (int64 ``(n, 2)``) of tiles, each entirely inside one
+    of the regions: uniform over all such positions (a region is drawn with probability
+    proportional to its number of tile positions, then a position inside it)."""
+    sizes = np.array(
+        [(y1 - y0 - tile + 1) * (x1 - x0 - tile + 1) for y0, y1, x0, x1 in region_list],
+        dtype=np.float64,
+    )
+    if (sizes <= 0).any():
+        raise DataError(f"a demo region is smaller than the {tile}-pixel tile")
+    which = rng.choice(len(region_list), size=n, p=sizes / sizes.sum())
+    r = np.asarray(region_list, dtype=np.int64)[which]
+    ys = r[:, 0] + (rng.random(n) * (r[:, 1] - r[:, 0] - tile + 1)).astype(np.int64)
+    xs = r[:, 2] + (rng.random(n) * (r[:, 3] - r[:, 2] - tile + 1)).astype(np.int64)
     return np.stack([ys, xs], axis=1).astype(np.int64)
 
 
@@ -203,9 +261,8 @@ def make_demo_store(
         **base,
         "kind": "paired",
         "split": {
-            "method": "region",
+            **split_layout(tile, reg),
             "seed": seed,
-            "regions": reg,
             "positions": {s: pos[s].tolist() for s in pos},
             "counts": {s: {"A": len(pos[s]), "B": len(pos[s])} for s in pos},
         },
@@ -233,9 +290,8 @@ def make_demo_store(
         **base,
         "kind": "unpaired",
         "split": {
-            "method": "region",
+            **split_layout(tile, reg),
             "seed": seed,
-            "regions": reg,
             "positions": upos,
             "counts": counts,
             "note": "A and B tiles at independent random positions, unequal counts",

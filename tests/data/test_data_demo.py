@@ -13,7 +13,13 @@ from stainbench.data.datasets import (
     UnpairedPatchDataset,
     VolumePatchDataset,
 )
-from stainbench.data.demo import load_source, make_demo_store, regions, render_stains
+from stainbench.data.demo import (
+    guard_width,
+    load_source,
+    make_demo_store,
+    regions,
+    render_stains,
+)
 from stainbench.data.store import open_store
 from stainbench.errors import DataError
 
@@ -43,28 +49,40 @@ def test_paired_tiles_are_the_source_at_recorded_positions(demo) -> None:
     assert h_only[..., 2].mean() > source[..., 2].mean() + 20
 
 
-def test_train_and_val_regions_do_not_overlap(demo) -> None:
+def test_manifest_describes_the_stripes(demo) -> None:
     for path in (demo.paired, demo.unpaired):
         split = open_store(path).manifest["split"]
+        assert split["method"] == "region" and split["layout"] == "vertical_stripes"
+        assert split["stripes"] == 10 and split["guard_px"] == 8
         reg = split["regions"]
-        assert not _overlap(reg["train"], reg["val"])
-        positions = split["positions"]
-        for name in ("train", "val"):
-            lists = (
-                positions[name].values() if isinstance(positions[name], dict) else [positions[name]]
-            )
-            for pos in lists:
-                for y, x in pos:
-                    tile_rect = [y, y + 32, x, x + 32]
-                    inside = reg[name]
-                    assert inside[0] <= y and y + 32 <= inside[1]
-                    assert inside[2] <= x and x + 32 <= inside[3]
-                    other = reg["val" if name == "train" else "train"]
-                    assert not _overlap(tile_rect, other)
-    for tile in (16, 128, 256):
-        r = regions(tile)
-        assert not _overlap(r["train"], r["val"])
-        assert r["train"][1] - r["train"][0] >= tile and r["val"][1] - r["val"][0] >= tile
+        assert len(reg["train"]) == 5 and len(reg["val"]) == 5
+        assert reg == {k: [list(r) for r in v] for k, v in regions(32).items()}
+        # every region spans the full height; train and val alternate left to right
+        bands = sorted((r[2], name) for name in reg for r in reg[name])
+        assert [name for _, name in bands] == ["train", "val"] * 5
+        assert all(r[0] == 0 and r[1] == 512 for name in reg for r in reg[name])
+        for t in reg["train"]:
+            for v in reg["val"]:
+                assert not _overlap(t, v)
+                assert max(v[2] - t[3], t[2] - v[3]) >= 8  # the guard between them
+
+
+@pytest.mark.parametrize("tile", [16, 32, 64, 100, 128, 200, 248, 252, 256])
+def test_regions_hold_tiles_and_keep_the_guard(tile: int) -> None:
+    r = regions(tile)
+    assert len(r["train"]) >= 1 and len(r["val"]) >= 1
+    for y0, y1, x0, x1 in r["train"] + r["val"]:
+        assert y1 - y0 >= tile and x1 - x0 >= tile
+        if tile <= 128:
+            assert x1 - x0 >= tile + tile // 8  # room for many positions
+    for t in r["train"]:
+        for v in r["val"]:
+            assert not _overlap(t, v)
+    # together with the guards the stripes cover the whole width
+    widths = sum(x1 - x0 for _, _, x0, x1 in r["train"] + r["val"])
+    gaps = len(r["train"]) + len(r["val"]) - 1
+    assert widths + gaps * guard_width(tile) == 512
+    assert guard_width(tile) == (8 if tile <= 248 else 0)
 
 
 def test_unpaired_and_volume_variants(demo) -> None:
