@@ -309,7 +309,7 @@ def main() -> None:
         "--transpose-impl",
         nargs="+",
         default=["native"],
-        choices=["native", "phase"],
+        choices=["native", "phase", "auto"],
         help="how the generators' transposed convolutions are computed (same math)",
     )
     ap.add_argument("--matmul-reps", type=int, default=5, help="matmul products per reference")

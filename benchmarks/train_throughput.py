@@ -184,7 +184,7 @@ def main() -> None:
         "--transpose-impl",
         nargs="+",
         default=["native"],
-        choices=["native", "phase"],
+        choices=["native", "phase", "auto"],
         help="how transposed convolutions are computed (same math); several alternate",
     )
     p.add_argument("--batch", type=int, default=1)

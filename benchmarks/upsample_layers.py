@@ -8,7 +8,12 @@ Rounds alternate the two implementations next to a fresh fp32 matmul timing, so 
 same machine load; the table reports medians over rounds, GFLOP/s (3x the forward FLOPs) and
 each implementation's rate as a fraction of the same round's matmul rate.
 
+``--ort-batch N`` (N > 0) also exports both implementations of each layer to ONNX (the phase
+layer becomes Pad/Conv/Concat/Gather/DepthToSpace nodes, the native one a ConvTranspose) and
+times ONNX Runtime inference of a batch of N, alternating likewise.
+
     .venv/bin/python benchmarks/upsample_layers.py --rounds 5 --json /tmp/up.json
+    .venv/bin/python benchmarks/upsample_layers.py --rounds 5 --train off --ort-batch 8
 """
 
 from __future__ import annotations
@@ -19,9 +24,14 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -58,11 +68,58 @@ def matmul_rate(n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def ort_session(m: nn.Module, c_in: int, side: int, path: Path) -> ort.InferenceSession:
+    """``m`` exported (batch dynamic) and loaded in ONNX Runtime, threads as torch's."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            m.eval(),
+            (torch.zeros(1, c_in, side, side),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+        )
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def alternate(
+    fns: dict[str, Callable[[], object]], flops: float, rounds: int, n: int
+) -> dict[str, float]:
+    """Median seconds per call and median fraction of the same round's matmul rate."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    fracs: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            ref = matmul_rate()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            t = (time.perf_counter() - t0) / n
+            times[name].append(t)
+            fracs[name].append(flops / t / 1e9 / ref)
+    out = {}
+    for name in fns:
+        out[f"{name}_ms"] = 1e3 * statistics.median(times[name])
+        out[f"{name}_fraction"] = statistics.median(fracs[name])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--train", choices=["on", "off"], default="on", help="time fwd+bwd in torch")
+    ap.add_argument("--ort-batch", type=int, default=0, help="also time ONNX Runtime (batch)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="upsample_layers_"))
     load_before = _uptime()
     rows = []
     for label, cin, cout, side, k in LAYERS:
@@ -76,36 +133,43 @@ def main() -> None:
         flops = 3 * 2 * cin * cout * k * k * side * side
         n = max(3, min(20, int(4e9 / flops)))  # layer runs per timing
 
-        def step(m: nn.Module, x: torch.Tensor = x, grad: torch.Tensor = grad) -> None:
-            m(x).backward(grad)
+        row: dict = {"layer": label, "c_in": cin, "c_out": cout, "side": side, "kernel": k}
+        line = f"{label:20s} {cin:5d}->{cout:4d} @{side:3d} k{k}:"
+        if args.train == "on":
 
-        for m in impls.values():
-            step(m)
-        times: dict[str, list[float]] = {name: [] for name in impls}
-        fracs: dict[str, list[float]] = {name: [] for name in impls}
-        for _ in range(args.rounds):
-            for name, m in impls.items():
-                ref = matmul_rate()
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    step(m)
-                t = (time.perf_counter() - t0) / n
-                times[name].append(t)
-                fracs[name].append(flops / t / 1e9 / ref)
-        row = {"layer": label, "c_in": cin, "c_out": cout, "side": side, "kernel": k}
-        for name in impls:
-            t = statistics.median(times[name])
-            row[f"{name}_ms"] = 1e3 * t
-            row[f"{name}_gflops"] = flops / t / 1e9
-            row[f"{name}_fraction"] = statistics.median(fracs[name])
-        row["speedup"] = row["native_ms"] / row["phase_ms"]
+            def step(m: nn.Module, x: torch.Tensor = x, grad: torch.Tensor = grad) -> None:
+                m(x).backward(grad)
+
+            fns = {name: (lambda m=m: step(m)) for name, m in impls.items()}
+            res = alternate(fns, flops, args.rounds, n)
+            row.update({f"train_{key}": v for key, v in res.items()})
+            row["train_speedup"] = res["native_ms"] / res["phase_ms"]
+            line += (
+                f" fwd+bwd native {res['native_ms']:7.2f} ms ({100 * res['native_fraction']:3.0f}%)"
+                f" phase {res['phase_ms']:7.2f} ms ({100 * res['phase_fraction']:3.0f}%)"
+                f" x{row['train_speedup']:.2f}"
+            )
+        if args.ort_batch > 0:
+            b = args.ort_batch
+            xb = np.random.default_rng(0).standard_normal((b, cin, side, side)).astype(np.float32)
+            sessions = {
+                name: ort_session(m, cin, side, tmp / f"{label.replace(' ', '_')}_{name}.onnx")
+                for name, m in impls.items()
+            }
+            fns = {
+                name: (lambda s=s, xb=xb: s.run(None, {"x": xb})) for name, s in sessions.items()
+            }
+            n_ort = max(3, min(20, int(3e9 / (b * flops / 3))))
+            res = alternate(fns, b * flops / 3, args.rounds, n_ort)
+            row.update({f"ort_{key}": v for key, v in res.items()})
+            row["ort_speedup"] = res["native_ms"] / res["phase_ms"]
+            line += (
+                f" | ORT b={b} native {res['native_ms']:7.2f} ms "
+                f"({100 * res['native_fraction']:3.0f}%) phase {res['phase_ms']:7.2f} ms "
+                f"({100 * res['phase_fraction']:3.0f}%) x{row['ort_speedup']:.2f}"
+            )
         rows.append(row)
-        print(
-            f"{label:20s} {cin:5d}->{cout:4d} @{side:3d} k{k}: native {row['native_ms']:7.2f} ms "
-            f"({100 * row['native_fraction']:3.0f}%)  phase {row['phase_ms']:7.2f} ms "
-            f"({100 * row['phase_fraction']:3.0f}%)  speedup x{row['speedup']:.2f}",
-            flush=True,
-        )
+        print(line, flush=True)
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,

@@ -14,7 +14,10 @@ from stainbench.models.phase_transpose import PhaseConvTranspose2d
 
 NormName = Literal["instance", "batch", "none"]
 UpsampleName = Literal["transpose", "resize"]
-TransposeImpl = Literal["native", "phase"]
+TransposeImpl = Literal["native", "phase", "auto"]
+
+#: ``transpose_impl="auto"``: in ONNX graphs, inputs up to this many pixels (16x16) use phases
+AUTO_PHASE_MAX_PIXELS = 256
 
 
 def norm_layer(kind: NormName, channels: int) -> nn.Module:
@@ -46,7 +49,7 @@ def upsample_conv(
     mode: UpsampleName,
     kernel_size: int,
     bias: bool,
-    transpose_impl: TransposeImpl = "native",
+    transpose_impl: TransposeImpl = "auto",
 ) -> nn.Module:
     """Double the spatial size and map ``in_ch`` -> ``out_ch`` channels.
 
@@ -55,22 +58,32 @@ def upsample_conv(
     upsampling then a 3x3 convolution (no checkerboard artefacts; on CPU torch runs plain
     convolutions faster than transposed ones).
 
-    ``transpose_impl`` only chooses how ``"transpose"`` is computed, not what: ``"native"`` runs
-    ``nn.ConvTranspose2d``; ``"phase"`` runs the same layer (same parameters and state_dict
-    keys, equal outputs up to float rounding) as one regular convolution per output phase
-    (:class:`~stainbench.models.phase_transpose.PhaseConvTranspose2d`).
+    ``transpose_impl`` only chooses how ``"transpose"`` is computed, not what (same parameters
+    and state_dict keys, equal outputs up to float rounding): ``"native"`` runs
+    ``nn.ConvTranspose2d``; ``"phase"`` one regular convolution per output phase
+    (:class:`~stainbench.models.phase_transpose.PhaseConvTranspose2d`) everywhere; ``"auto"``
+    what measured fastest on this CPU: torch's transposed convolution in PyTorch (training and
+    eager inference), and in exported ONNX graphs phase convolutions for inputs of at most
+    ``AUTO_PHASE_MAX_PIXELS`` pixels (ONNX Runtime's ConvTranspose is slow on them) and
+    ConvTranspose for larger ones.
     """
     if mode == "transpose":
         if transpose_impl == "native":
             cls: type[nn.ConvTranspose2d] = nn.ConvTranspose2d
+            opts: dict = {}
         elif transpose_impl == "phase":
+            cls, opts = PhaseConvTranspose2d, {}
+        elif transpose_impl == "auto":
             cls = PhaseConvTranspose2d
+            opts = {"max_pixels": AUTO_PHASE_MAX_PIXELS, "only_in_export": True}
         else:
-            raise ValueError(f"transpose_impl must be 'native' or 'phase', got {transpose_impl!r}")
+            raise ValueError(
+                f"transpose_impl must be 'native', 'phase' or 'auto', got {transpose_impl!r}"
+            )
         if kernel_size == 4:
-            return cls(in_ch, out_ch, 4, stride=2, padding=1, bias=bias)
+            return cls(in_ch, out_ch, 4, stride=2, padding=1, bias=bias, **opts)
         if kernel_size == 3:
-            return cls(in_ch, out_ch, 3, stride=2, padding=1, output_padding=1, bias=bias)
+            return cls(in_ch, out_ch, 3, stride=2, padding=1, output_padding=1, bias=bias, **opts)
         raise ValueError(f"transposed upsampling supports kernel 3 or 4, got {kernel_size}")
     if mode == "resize":
         return nn.Sequential(

@@ -65,8 +65,38 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
     Input ``(B, C_in, H, W)`` float -> output ``(B, C_out, s*H, s*W)`` for the decomposable
     configurations (see :func:`phase_decomposable`; e.g. kernel 4 / stride 2 / padding 1, and
     kernel 3 / stride 2 / padding 1 / output_padding 1), equal to ``nn.ConvTranspose2d`` up to
-    floating-point summation order. Other configurations run the transposed convolution.
+    floating-point summation order. Other configurations run the transposed convolution, and
+    so do, by choice:
+
+    - inputs with more than ``max_pixels`` pixels (``H * W``; ``None``: no limit);
+    - every input outside an ONNX export when ``only_in_export`` is set.
+
+    Which path runs never changes the result, only the speed; neither option is saved in the
+    state_dict. Measured on this project's 2-core AVX2 CPU (``docs/benchmarks/train.md``):
+    torch's own transposed convolution is faster than the phase convolutions at every layer of
+    unet_256 and resnet_9blocks, while ONNX Runtime runs the phase convolutions faster on small
+    inputs (up to 16x16 pixels, the UNet's inner levels) and its ConvTranspose faster on large
+    ones; hence ``transpose_impl="auto"`` in :func:`stainbench.models.layers.upsample_conv`.
     """
+
+    def __init__(
+        self,
+        *args: object,
+        max_pixels: int | None = None,
+        only_in_export: bool = False,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        if max_pixels is not None and max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1 or None, got {max_pixels}")
+        self.max_pixels = max_pixels
+        self.only_in_export = only_in_export
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr()
+            + f", max_pixels={self.max_pixels}, only_in_export={self.only_in_export}"
+        )
 
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if (
@@ -80,34 +110,64 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
                 self.dilation,  # type: ignore[arg-type]
                 self.groups,
             )
+            or (self.only_in_export and not torch.onnx.is_in_onnx_export())
+            # a traced (ONNX) graph takes the branch of the example's size: the same math
+            or (self.max_pixels is not None and input.shape[-2] * input.shape[-1] > self.max_pixels)
         ):
             return super().forward(input, output_size)
         return phase_conv_transpose2d(
             input,
             self.weight,
             self.bias,
+            self.kernel_size,  # type: ignore[arg-type]
             self.stride,  # type: ignore[arg-type]
             self.padding,  # type: ignore[arg-type]
         )
+
+
+def _phase_kernels(
+    weight: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int]
+) -> dict[tuple[int, int], torch.Tensor]:
+    """Each phase's correlation kernel ``(C_out, C_in, taps_h, taps_w)``, keyed by first taps.
+
+    The kernel of the phase whose flipped-kernel taps start at ``(fh, fw)`` is
+    ``flip(weight)^T[:, :, fh::sH, fw::sW]``. When every phase has as many taps (kernel a
+    multiple of the stride, as the UNet's 4 / 2) all of them come from one copy of the weight
+    (one gather forward, one scatter backward: these layers' weights reach 8 M values); otherwise
+    each is sliced separately.
+    """
+    (k_h, k_w), (s_h, s_w) = kernel_size, stride
+    if k_h % s_h or k_w % s_w:
+        w = weight.transpose(0, 1).flip((2, 3))  # (C_out, C_in, kH, kW) in correlation order
+        return {(fh, fw): w[:, :, fh::s_h, fw::s_w] for fh in range(s_h) for fw in range(s_w)}
+    t_h, t_w = k_h // s_h, k_w // s_w
+    # flipped index j = s * i + u  ->  (.., i, u, i', u'); gather to (u, u', C_out, C_in, i, i')
+    w = weight.flip((2, 3)).unflatten(3, (t_w, s_w)).unflatten(2, (t_h, s_h))
+    w = w.permute(3, 5, 1, 0, 2, 4).contiguous()
+    return {(fh, fw): w[fh, fw] for fh in range(s_h) for fw in range(s_w)}
 
 
 def phase_conv_transpose2d(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
+    kernel_size: tuple[int, int],
     stride: tuple[int, int],
     padding: tuple[int, int],
 ) -> torch.Tensor:
     """``F.conv_transpose2d(x, weight, bias, stride, padding, output_padding)`` by phases.
 
-    ``x``: ``(B, C_in, H, W)``; ``weight``: ``(C_in, C_out, kH, kW)``; the output padding is
+    ``x``: ``(B, C_in, H, W)``; ``weight``: ``(C_in, C_out, kH, kW)`` with ``kernel_size``
+    ``(kH, kW)``; the output padding is
     implied (``kH + output_padding - 2*padding == stride``, checked by the caller). Returns
     ``(B, C_out, sH*H, sW*W)``. Each phase pads the input by exactly what its window needs
     (so the backward pass only slices and adds) and correlates it with its kernel taps.
     """
-    ph_h = _phases(weight.shape[2], stride[0], padding[0])
-    ph_w = _phases(weight.shape[3], stride[1], padding[1])
-    w = weight.transpose(0, 1).flip((2, 3))  # (C_out, C_in, kH, kW) in correlation order
+    # Python ints, not weight.shape: traced (ONNX) shapes are tensors
+    k_h, k_w = kernel_size
+    ph_h = _phases(k_h, stride[0], padding[0])
+    ph_w = _phases(k_w, stride[1], padding[1])
+    kernels = _phase_kernels(weight, kernel_size, stride)
     ys = []  # phase outputs (B, C_out, H, W), row phase major
     for first_h, taps_h, off_h in ph_h:
         for first_w, taps_w, off_w in ph_w:
@@ -115,8 +175,7 @@ def phase_conv_transpose2d(
             # columns): zero-pad (or crop, where negative) the input to exactly that window
             pad = (-off_w, off_w + taps_w - 1, -off_h, off_h + taps_h - 1)
             xi = F.pad(x, pad) if any(pad) else x
-            k = w[:, :, first_h :: stride[0], first_w :: stride[1]]
-            ys.append(F.conv2d(xi, k, bias))
+            ys.append(F.conv2d(xi, kernels[first_h, first_w], bias))
     s_h, s_w = stride
     if torch.onnx.is_in_onnx_export() and s_h == s_w:
         # ONNX: DepthToSpace keeps the channel count known to shape inference (a Reshape with

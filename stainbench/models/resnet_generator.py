@@ -69,7 +69,7 @@ class ResnetGenerator(nn.Module):
         norm: NormName = "instance",
         dropout: float = 0.0,
         upsample: UpsampleName = "transpose",
-        transpose_impl: TransposeImpl = "native",
+        transpose_impl: TransposeImpl = "auto",
         final: Literal["tanh", "none"] = "tanh",
         residual: bool = False,
     ) -> None:
@@ -139,7 +139,7 @@ def resnet(
     norm: NormName = "instance",
     dropout: float = 0.0,
     upsample: UpsampleName = "transpose",
-    transpose_impl: TransposeImpl = "native",
+    transpose_impl: TransposeImpl = "auto",
     final: Literal["tanh", "none"] = "tanh",
     residual: bool = False,
 ) -> ResnetGenerator:

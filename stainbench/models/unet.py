@@ -47,7 +47,7 @@ class UNet(nn.Module):
         norm: NormName = "instance",
         dropout: float = 0.0,
         upsample: UpsampleName = "transpose",
-        transpose_impl: TransposeImpl = "native",
+        transpose_impl: TransposeImpl = "auto",
         final: Literal["tanh", "none"] = "tanh",
         residual: bool = False,
     ) -> None:
@@ -134,7 +134,7 @@ def unet(
     norm: NormName = "instance",
     dropout: float = 0.0,
     upsample: UpsampleName = "transpose",
-    transpose_impl: TransposeImpl = "native",
+    transpose_impl: TransposeImpl = "auto",
     final: Literal["tanh", "none"] = "tanh",
     residual: bool = False,
 ) -> UNet:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from stainbench.errors import ModelError
 from stainbench.models import create_model
 from stainbench.models.phase_transpose import PhaseConvTranspose2d, phase_decomposable
 
@@ -153,3 +154,48 @@ def test_onnx_export_of_phase_unet_matches_native_torch(tmp_path: Path) -> None:
     with torch.no_grad():
         want = native(x).numpy()
     np.testing.assert_allclose(y, want, atol=1e-5)
+
+
+def test_large_inputs_take_the_native_path_with_the_same_result() -> None:
+    torch.manual_seed(0)
+    ref = nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1).double()
+    phase = PhaseConvTranspose2d(6, 5, 4, stride=2, padding=1, max_pixels=16).double()
+    phase.load_state_dict(ref.state_dict())
+    assert "max_pixels=16" in repr(phase) and list(phase.state_dict()) == ["weight", "bias"]
+    for side in (2, 3, 4, 5):  # 4, 9, 16 pixels: phase; 25: native
+        x = torch.randn(1, 6, side, side, dtype=torch.float64)
+        torch.testing.assert_close(phase(x), ref(x), atol=1e-12, rtol=1e-12)
+    with pytest.raises(ValueError, match="max_pixels"):
+        PhaseConvTranspose2d(2, 2, 4, stride=2, padding=1, max_pixels=0)
+
+
+def test_only_in_export_runs_native_in_eager_and_phase_in_the_onnx_graph(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    layer = PhaseConvTranspose2d(4, 3, 4, stride=2, padding=1, max_pixels=64, only_in_export=True)
+    path = tmp_path / "layer.onnx"
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        torch.onnx.export(layer, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"])
+        want = nn.functional.conv_transpose2d(x, layer.weight, layer.bias, 2, 1)
+        torch.testing.assert_close(layer(x), want, atol=0, rtol=0)  # eager: the native kernel
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "ConvTranspose" not in ops and "DepthToSpace" in ops
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy()}
+    )
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+def test_default_auto_is_bitwise_native_in_pytorch() -> None:
+    """The default (``auto``) trains and runs eagerly with torch's own transposed kernel."""
+    kwargs = {"depth": 3, "base_width": 4, "max_width_mult": 4}
+    torch.manual_seed(0)
+    auto = create_model("unet", **kwargs)
+    torch.manual_seed(0)
+    native = create_model("unet", transpose_impl="native", **kwargs)
+    layers = [m for m in auto.modules() if isinstance(m, PhaseConvTranspose2d)]
+    assert len(layers) == 3 and all(m.only_in_export and m.max_pixels == 256 for m in layers)
+    x = torch.rand(2, 3, 16, 24) * 2 - 1
+    assert torch.equal(auto(x), native(x))
+    with pytest.raises(ModelError, match="transpose_impl"):
+        create_model("unet", transpose_impl="fast", **kwargs)
