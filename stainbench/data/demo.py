@@ -7,15 +7,18 @@ eosin set to zero) gives what the same field would look like without the marker.
 task is therefore real virtual staining: from the hematoxylin-only image (domain A) predict
 the IHC image (domain B), i.e. predict where the DAB is.
 
-Regions (no leakage): the image is cut into a top band (training) and a bottom band
-(validation) of ``val_band_height(tile)`` rows; every tile lies entirely inside its band. Tiles
-are random positions inside the band (seeded), so training tiles overlap each other (random
-crops of one field), but never a validation pixel.
+Regions (no leakage, same tissue mix): the field is cut into full-height vertical stripes
+(``stripe_count(tile)``, 3 for 128-pixel tiles) that alternate train, val, train, ... from the
+left, with an 8-pixel guard between neighbours (``regions``); every tile lies entirely inside
+one stripe of its split. Stripes rather than a top/bottom band split because the field has
+glands at the top and stroma at the bottom: both splits then hold both (docs/DATA.md). Tiles
+are random positions inside the split's stripes (seeded), so training tiles overlap each other
+(random crops of one field), but never a validation pixel.
 
 Three stores are written into ``out``:
 
 - ``paired.zarr``: ``train/A``, ``train/B``, ``val/A``, ``val/B`` uint8 ``(N, tile, tile, 3)``;
-- ``unpaired.zarr``: the same bands, but A and B tiles at independent positions and in unequal
+- ``unpaired.zarr``: the same regions, but A and B tiles at independent positions and in unequal
   numbers (``N_B = ceil(0.8 N_A)``): no A tile has its B partner;
 - ``volume.zarr``: one paired volume ``volumes/ihc_stack/{A,B}`` uint8 ``(Z, 256, 256, 3)``:
   slice ``z`` is the 256x256 window at offset ``(8z, 8z)`` (a diagonal drift through the
