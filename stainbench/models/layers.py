@@ -18,6 +18,8 @@ TransposeImpl = Literal["native", "phase", "auto"]
 
 #: ``transpose_impl="auto"``: in ONNX graphs, inputs up to this many pixels (16x16) use phases
 AUTO_PHASE_MAX_PIXELS = 256
+#: ``transpose_impl="auto"``: in PyTorch, inputs up to this many pixels (8x8) use matmul + col2im
+AUTO_GEMM_MAX_PIXELS = 64
 
 
 def norm_layer(kind: NormName, channels: int) -> nn.Module:
@@ -62,10 +64,11 @@ def upsample_conv(
     and state_dict keys, equal outputs up to float rounding): ``"native"`` runs
     ``nn.ConvTranspose2d``; ``"phase"`` one regular convolution per output phase
     (:class:`~stainbench.models.phase_transpose.PhaseConvTranspose2d`) everywhere; ``"auto"``
-    what measured fastest on this CPU: torch's transposed convolution in PyTorch (training and
-    eager inference), and in exported ONNX graphs phase convolutions for inputs of at most
-    ``AUTO_PHASE_MAX_PIXELS`` pixels (ONNX Runtime's ConvTranspose is slow on them) and
-    ConvTranspose for larger ones.
+    what measured fastest on this CPU: in PyTorch (training and eager inference) a matrix
+    product + col2im for inputs of at most ``AUTO_GEMM_MAX_PIXELS`` pixels and torch's
+    transposed convolution for larger ones; in exported ONNX graphs phase convolutions for
+    inputs of at most ``AUTO_PHASE_MAX_PIXELS`` pixels (ONNX Runtime's ConvTranspose is slow on
+    them) and ConvTranspose for larger ones.
     """
     if mode == "transpose":
         if transpose_impl == "native":
@@ -75,7 +78,11 @@ def upsample_conv(
             cls, opts = PhaseConvTranspose2d, {}
         elif transpose_impl == "auto":
             cls = PhaseConvTranspose2d
-            opts = {"max_pixels": AUTO_PHASE_MAX_PIXELS, "only_in_export": True}
+            opts = {
+                "max_pixels": AUTO_PHASE_MAX_PIXELS,
+                "only_in_export": True,
+                "gemm_max_pixels": AUTO_GEMM_MAX_PIXELS,
+            }
         else:
             raise ValueError(
                 f"transpose_impl must be 'native', 'phase' or 'auto', got {transpose_impl!r}"

@@ -71,7 +71,12 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
     - inputs with more than ``max_pixels`` pixels (``H * W``; ``None``: no limit);
     - every input outside an ONNX export when ``only_in_export`` is set.
 
-    Which path runs never changes the result, only the speed; neither option is saved in the
+    In PyTorch (not in ONNX exports, where the ``Col2Im`` it needs is not in opset 17), inputs
+    of at most ``gemm_max_pixels`` pixels run :func:`gemm_conv_transpose2d` instead (one matrix
+    product and a col2im), which beats torch's transposed-convolution kernel on the UNet's
+    weight-heavy inner levels (1x1 to 8x8 inputs; 0 disables it).
+
+    Which path runs never changes the result, only the speed; no option is saved in the
     state_dict. Measured on this project's 2-core AVX2 CPU (``docs/benchmarks/train.md``):
     torch's own transposed convolution is faster than the phase convolutions at every layer of
     unet_256 and resnet_9blocks, while ONNX Runtime runs the phase convolutions faster on small
@@ -84,21 +89,44 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
         *args: object,
         max_pixels: int | None = None,
         only_in_export: bool = False,
+        gemm_max_pixels: int = 0,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         if max_pixels is not None and max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1 or None, got {max_pixels}")
+        if gemm_max_pixels < 0:
+            raise ValueError(f"gemm_max_pixels must be >= 0, got {gemm_max_pixels}")
         self.max_pixels = max_pixels
         self.only_in_export = only_in_export
+        self.gemm_max_pixels = gemm_max_pixels
 
     def extra_repr(self) -> str:
         return (
             super().extra_repr()
             + f", max_pixels={self.max_pixels}, only_in_export={self.only_in_export}"
+            + f", gemm_max_pixels={self.gemm_max_pixels}"
         )
 
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if (
+            self.gemm_max_pixels
+            and output_size is None
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+            and not torch.onnx.is_in_onnx_export()
+            and input.shape[-2] * input.shape[-1] <= self.gemm_max_pixels
+        ):
+            return gemm_conv_transpose2d(
+                input,
+                self.weight,
+                self.bias,
+                self.kernel_size,  # type: ignore[arg-type]
+                self.stride,  # type: ignore[arg-type]
+                self.padding,  # type: ignore[arg-type]
+                self.output_padding,  # type: ignore[arg-type]
+                self.dilation,  # type: ignore[arg-type]
+            )
         if (
             output_size is not None
             or self.padding_mode != "zeros"
@@ -123,6 +151,36 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
             self.stride,  # type: ignore[arg-type]
             self.padding,  # type: ignore[arg-type]
         )
+
+
+def gemm_conv_transpose2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    output_padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> torch.Tensor:
+    """``F.conv_transpose2d`` (groups 1) as a matrix product and a col2im (``F.fold``).
+
+    ``x`` ``(B, C_in, H, W)``, ``weight`` ``(C_in, C_out, kH, kW)``: every input pixel's
+    contributions ``weight^T x`` ``(B, C_out*kH*kW, H*W)`` are summed into the output by
+    ``fold``, whose blocks sit exactly where the transposed convolution puts them. Returns
+    ``(B, C_out, H_out, W_out)`` with ``H_out = (H-1)*s - 2p + d*(kH-1) + op + 1``.
+    """
+    b, c_in, h, w = x.shape
+    c_out = weight.shape[1]
+    size = [
+        (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for n, s, p, d, k, op in zip(
+            (h, w), stride, padding, dilation, kernel_size, output_padding, strict=True
+        )
+    ]
+    cols = torch.matmul(weight.reshape(c_in, -1).t(), x.reshape(b, c_in, h * w))
+    y = F.fold(cols, size, kernel_size, dilation=dilation, padding=padding, stride=stride)
+    return y if bias is None else y + bias.view(1, c_out, 1, 1)
 
 
 def _phase_kernels(

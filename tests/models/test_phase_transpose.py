@@ -186,16 +186,44 @@ def test_only_in_export_runs_native_in_eager_and_phase_in_the_onnx_graph(tmp_pat
     np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
 
 
-def test_default_auto_is_bitwise_native_in_pytorch() -> None:
-    """The default (``auto``) trains and runs eagerly with torch's own transposed kernel."""
+def test_default_auto_in_pytorch_is_native_above_8x8_and_matmul_col2im_below() -> None:
+    """The default (``auto``): torch's own kernel on inputs > 64 pixels (bitwise), else GEMM."""
     kwargs = {"depth": 3, "base_width": 4, "max_width_mult": 4}
     torch.manual_seed(0)
     auto = create_model("unet", **kwargs)
     torch.manual_seed(0)
     native = create_model("unet", transpose_impl="native", **kwargs)
     layers = [m for m in auto.modules() if isinstance(m, PhaseConvTranspose2d)]
-    assert len(layers) == 3 and all(m.only_in_export and m.max_pixels == 256 for m in layers)
-    x = torch.rand(2, 3, 16, 24) * 2 - 1
+    assert len(layers) == 3
+    assert all(m.only_in_export and m.max_pixels == 256 and m.gemm_max_pixels == 64 for m in layers)
+    x = torch.rand(2, 3, 72, 72) * 2 - 1  # transposed-conv inputs 9x9, 18x18, 36x36: native
     assert torch.equal(auto(x), native(x))
+    x = torch.rand(2, 3, 32, 48) * 2 - 1  # 4x6, 8x12, 16x24: the first one by matmul + col2im
+    y_auto, y_native = auto(x), native(x)
+    torch.testing.assert_close(y_auto, y_native, atol=1e-5, rtol=1e-4)
+    y_auto.square().mean().backward()
+    y_native.square().mean().backward()
+    for p_auto, p_native in zip(auto.parameters(), native.parameters(), strict=True):
+        torch.testing.assert_close(p_auto.grad, p_native.grad, atol=1e-6, rtol=1e-3)
     with pytest.raises(ModelError, match="transpose_impl"):
         create_model("unet", transpose_impl="fast", **kwargs)
+
+
+@pytest.mark.parametrize("cfg", [*CONFIGS, {"kernel_size": 3, "stride": 2, "dilation": 2}])
+def test_gemm_col2im_path_equals_conv_transpose(cfg: dict) -> None:
+    torch.manual_seed(0)
+    ref = nn.ConvTranspose2d(5, 6, **cfg).double()
+    layer = PhaseConvTranspose2d(5, 6, gemm_max_pixels=10**6, **cfg).double()
+    layer.load_state_dict(ref.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    for h, w in SIZES:
+        x = torch.randn(2, 5, h, w, generator=gen, dtype=torch.float64, requires_grad=True)
+        y_ref, y = ref(x), layer(x)
+        torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
+        g = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+        want = torch.autograd.grad(y_ref, (x, ref.weight, ref.bias), g)
+        got = torch.autograd.grad(y, (x, layer.weight, layer.bias), g)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+    with pytest.raises(ValueError, match="gemm_max_pixels"):
+        PhaseConvTranspose2d(2, 2, 4, stride=2, padding=1, gemm_max_pixels=-1)
