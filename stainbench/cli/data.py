@@ -67,9 +67,10 @@ def demo(
     tile: Annotated[
         int,
         typer.Option(
-            help="Tile side in pixels (16-256). The 512x512 source image is cut into a training "
-            "band and a disjoint validation band of max(tile+64, 160) rows; 128 leaves 320 rows "
-            "for training and 192 for validation, so both bands hold many distinct tiles.",
+            help="Tile side in pixels (16-256). The 512x512 source image is cut into "
+            "full-height vertical stripes that alternate train, val, train from the left (3 "
+            "stripes at 128) with an 8-pixel guard between them, so both splits hold glands and "
+            "stroma and no training tile contains a validation pixel.",
         ),
     ] = 128,
     train: Annotated[int, typer.Option(help="Training tiles (random positions, seeded).")] = 7500,

@@ -29,8 +29,9 @@ real Triton server, and compare their quality and latency side by side.
 
 The pipeline, one command per arrow:
 
-  images ─data ingest─▶ STORE.zarr ─train─▶ runs/NAME/*.pt ─export─▶ model_repository/
-  model_repository ─serve─▶ tritonserver ◀─compare / loadtest─ validation tiles
+  images ─data ingest─▶ STORE.zarr ─train─▶ runs/NAME/*.pt
+  runs/NAME/*.pt ─export─▶ model_repository/ ─serve─▶ tritonserver
+  tritonserver ◀─compare / loadtest─ validation tiles
 """
 
 
