@@ -308,9 +308,10 @@ def main() -> None:
     ap.add_argument(
         "--transpose-impl",
         nargs="+",
-        default=["native"],
+        default=["auto"],
         choices=["native", "phase", "auto"],
-        help="how the generators' transposed convolutions are computed (same math)",
+        help="how the generators' transposed convolutions are computed (same math; auto: the "
+        "models' default)",
     )
     ap.add_argument("--matmul-reps", type=int, default=5, help="matmul products per reference")
     ap.add_argument("--out", type=Path, default=None, help="Markdown report to write")

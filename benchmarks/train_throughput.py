@@ -83,7 +83,7 @@ def recipe_for(
     channels_last: bool,
     upsample: str,
     batch: int,
-    transpose_impl: str = "native",
+    transpose_impl: str = "auto",
 ) -> dict:
     kw: dict = {"upsample": upsample, "transpose_impl": transpose_impl}
     if family == "cyclegan":
@@ -183,9 +183,10 @@ def main() -> None:
     p.add_argument(
         "--transpose-impl",
         nargs="+",
-        default=["native"],
+        default=["auto"],
         choices=["native", "phase", "auto"],
-        help="how transposed convolutions are computed (same math); several alternate",
+        help="how transposed convolutions are computed (same math; auto: the models' default); "
+        "several alternate",
     )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--iters", type=int, default=3, help="timed rounds (median reported)")
