@@ -57,6 +57,7 @@ class ResnetGenerator(nn.Module):
     """ResNet generator: ``(B, in_channels, H, W)`` float32 -> ``(B, out_channels, H, W)``.
 
     ``residual=True`` (not in the classic model) returns ``x + f(x)``, see ``UNet``.
+    ``transpose_impl`` only picks how the transposed convolutions are computed (same math).
     """
 
     def __init__(

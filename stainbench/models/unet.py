@@ -35,6 +35,9 @@ class UNet(nn.Module):
     on level 0 nor on the innermost level). Up level ``i``: ReLU, upsample-conv, norm (not on
     the outermost level), dropout (``dropout`` > 0, on the three innermost levels below the
     bottleneck as in pix2pix); the outermost ends with ``final_activation``.
+    ``transpose_impl`` (``"auto"``, ``"native"``, ``"phase"``) only picks how the transposed
+    convolutions are computed (:func:`stainbench.models.layers.upsample_conv`): same
+    parameters, same math.
     """
 
     def __init__(
