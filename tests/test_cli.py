@@ -73,3 +73,30 @@ def test_library_error_becomes_one_line_exit_1(
     assert err.strip() == "error: tiles/a.png: not an image"
     assert main(["--debug", "boom"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_reflow_joins_wrapped_paragraphs_and_keeps_indented_blocks() -> None:
+    from stainbench.cli.main import reflow
+
+    text = """Summary line.
+
+    First paragraph wrapped
+    over two lines.
+
+      indented diagram ─▶
+      second row
+    """
+    assert reflow(text) == (
+        "Summary line.\n\nFirst paragraph wrapped over two lines.\n\n"
+        "  indented diagram ─▶\n  second row"
+    )
+
+
+def test_command_help_is_reflowed_from_the_docstring() -> None:
+    from stainbench.cli.main import build_app
+
+    app = build_app()
+    data = next(g.typer_instance for g in app.registered_groups if g.name == "data")
+    demo = next(c for c in data.registered_commands if c.name == "demo")
+    assert demo.help is not None
+    assert "colour deconvolution with rgb2hed / hed2rgb" in demo.help

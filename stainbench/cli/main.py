@@ -8,6 +8,7 @@ line on stderr and a non-zero exit code (1 for errors, 2 for usage). ``--debug``
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from typing import Annotated
@@ -76,7 +77,32 @@ def build_app() -> typer.Typer:
                 continue
             raise
         module.register(app)
+    _reflow_help(app)
     return app
+
+
+def reflow(text: str) -> str:
+    """Join the wrapped lines of each paragraph of a help text, so that the terminal wraps
+    them at its own width. Paragraphs with an indented line (diagrams, examples) stay as
+    written."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    out = []
+    for p in paragraphs:
+        lines = p.splitlines()
+        keep = any(line.startswith((" ", "\b")) for line in lines)
+        out.append(p if keep else " ".join(line.strip() for line in lines))
+    return "\n\n".join(out)
+
+
+def _reflow_help(app: typer.Typer) -> None:
+    """Typer keeps the line breaks of docstrings; reflow every command's help once."""
+    for cmd in app.registered_commands:
+        text = cmd.help or (inspect.getdoc(cmd.callback) if cmd.callback else None)
+        if text:
+            cmd.help = reflow(text)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
 
 
 def _debug_requested(argv: list[str]) -> bool:
