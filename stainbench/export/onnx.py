@@ -235,6 +235,7 @@ def export_onnx(
     for key, value in sorted(meta.items()):
         full.metadata_props.add(key=META_PREFIX + key, value=str(value))
     full.producer_name = "stainbench"
+    drop_trailing_empty_inputs(full)
     served = onnx.ModelProto()
     served.CopyFrom(full)
     keep = [o for o in served.graph.output if o.name == OUTPUT_NAME]
@@ -249,6 +250,23 @@ def export_onnx(
             raise ExportError(f"exported ONNX graph fails onnx.checker: {line[:200]}") from exc
         onnx.save_model(proto, str(path), save_as_external_data=False)
     return OnnxFiles(model=model_path, parity=full_path)
+
+
+def drop_trailing_empty_inputs(model: Any) -> int:
+    """Remove omitted optional inputs (empty names) from the end of every node's input list.
+
+    The same graph in ONNX's semantics, but ONNX Runtime's Pad-into-Conv fusion refuses a
+    ``Pad`` whose optional ``constant_value`` input is present as an empty name, which is how
+    the torchscript exporter writes ``F.pad``. The phase-decomposed transposed convolutions
+    have one such ``Pad`` per phase; once fused, unet_256 at batch 8 ran 5% faster (fewer NCHWc
+    reorders too). Returns the number of inputs removed; ``model`` is changed in place.
+    """
+    removed = 0
+    for node in model.graph.node:
+        while len(node.input) and node.input[-1] == "":
+            node.input.pop()
+            removed += 1
+    return removed
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

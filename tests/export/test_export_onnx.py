@@ -206,3 +206,26 @@ def test_dynamo_exporter_gives_the_same_graph_behaviour(tmp_path: Path) -> None:
     x = np.random.default_rng(3).integers(0, 256, (3, 24, 20, 3), dtype=np.uint8)
     assert np.abs(model.run(x).astype(int) - tr.translate(x)[0]).max() <= 1
     assert run_parity_gate(tr, OnnxTileModel(files.parity), None, ParitySettings(tile=16)).passed
+
+
+def test_phase_pads_are_fused_into_convolutions_by_onnx_runtime(tmp_path: Path) -> None:
+    """The phase-decomposed transposed convolutions export one Pad per phase; the exporter
+    drops their omitted optional inputs so that ONNX Runtime folds every Pad into its Conv."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    g = create_model("unet", depth=3, base_width=8, transpose_impl="phase")
+    tr = make_translator(g, normalization(), g.size_multiple)
+    files = export_onnx(tr, tmp_path)
+    graph = onnx.load(str(files.model)).graph
+    pads = [n for n in graph.node if n.op_type == "Pad"]
+    assert pads, "expected the phase decomposition's Pad nodes in the exported graph"
+    assert all(name for n in graph.node for name in n.input[-1:])
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(files.model), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    assert not [n for n in optimized.node if n.op_type == "Pad"]
+    x = np.random.default_rng(2).integers(0, 256, (3, 16, 24, 3), dtype=np.uint8)
+    assert np.abs(OnnxTileModel(files.model).run(x).astype(int) - tr.translate(x)[0]).max() <= 1
