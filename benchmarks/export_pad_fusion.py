@@ -28,6 +28,7 @@ import onnxruntime as ort
 import torch
 
 import stainbench.models.layers as layers
+from stainbench.bench.limits import fp32_matmul_gflops
 from stainbench.export.onnx import drop_trailing_empty_inputs
 from stainbench.models import create_model
 
@@ -79,20 +80,10 @@ def main() -> None:
         sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).uniform(-1, 1, (args.batch, 3, 256, 256)).astype(np.float32)
     outs = {k: s.run(None, {"x": x})[0] for k, s in sessions.items()}
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-
-    def matmul() -> float:
-        best = float("inf")
-        for _ in range(5):
-            t = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - t)
-        return 2 * 2048**3 / best / 1e9
-
     rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in sessions}
     for _ in range(args.rounds):
         for name, sess in sessions.items():
-            limit = matmul()
+            limit = fp32_matmul_gflops()
             t = time.perf_counter()
             sess.run(None, {"x": x})
             dt = time.perf_counter() - t

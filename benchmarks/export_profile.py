@@ -26,23 +26,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from stainbench.bench.limits import fp32_matmul_gflops
 from stainbench.models import create_model
 
 ARCH = {
     "unet": ("unet", {"depth": 8, "base_width": 64}),
     "cyclegan": ("resnet", {"n_blocks": 9, "base_width": 64}),
 }
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def conv_flops(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
@@ -98,14 +88,14 @@ def main() -> None:
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).uniform(-1, 1, (args.batch, 3, args.tile, args.tile))
     x = x.astype(np.float32)
-    limit_before = matmul_gflops()
+    limit_before = fp32_matmul_gflops(repeats=10)
     walls = []
     for i in range(args.runs + 1):
         t = time.perf_counter()
         sess.run(None, {"x": x})
         if i:
             walls.append(time.perf_counter() - t)
-    limit_after = matmul_gflops()
+    limit_after = fp32_matmul_gflops(repeats=10)
     events = json.loads(Path(sess.end_profiling()).read_text())
     times: dict[str, list[float]] = defaultdict(list)
     op: dict[str, str] = {}

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from stainbench.bench.limits import fp32_matmul_gflops
 from stainbench.data.transforms import Normalization
 from stainbench.training.loop import build_task
 from stainbench.training.recipe import recipe_from_dict
@@ -63,18 +64,6 @@ class Row:
     fraction_of_limit: float  #: median over rounds of (rate / that round's matmul rate)
     matmul_gflops: list[float]  #: the matmul reference measured next to each round's timing
     s_per_round: list[float]
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 ``torch.mm`` rate in GFLOP/s (2 n^3 FLOPs per product) of ``repeats``."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def recipe_for(
@@ -135,7 +124,7 @@ def measure(
     refs: dict[str, list[float]] = {impl: [] for impl in impls}
     for _ in range(iters):
         for impl in impls:
-            refs[impl].append(matmul_gflops(repeats=matmul_reps))
+            refs[impl].append(fp32_matmul_gflops(repeats=matmul_reps))
             tasks[impl].set_input(batch_data)
             t = time.perf_counter()
             tasks[impl].optimize()
@@ -198,7 +187,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = _uptime()
-    limit = matmul_gflops(repeats=10)
+    limit = fp32_matmul_gflops(repeats=10)
     print(f"fp32 matmul: {limit:.1f} GFLOP/s with {torch.get_num_threads()} threads")
     rows = []
     for family in args.families:
@@ -224,7 +213,7 @@ def main() -> None:
                             f"limit (matmul per round {refs})",
                             flush=True,
                         )
-    limit_after = matmul_gflops(repeats=10)
+    limit_after = fp32_matmul_gflops(repeats=10)
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",

@@ -35,6 +35,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from stainbench.bench.limits import fp32_matmul_gflops
 from stainbench.models.phase_transpose import PhaseConvTranspose2d
 
 #: (label, C_in, C_out, input side, kernel) at a 256x256 tile
@@ -54,18 +55,6 @@ LAYERS = [
 
 def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def matmul_rate(n: int = 2048, reps: int = 10) -> float:
-    """fp32 ``torch.mm`` GFLOP/s: the best of ``reps`` products after one warm-up."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def ort_session(m: nn.Module, c_in: int, side: int, path: Path) -> ort.InferenceSession:
@@ -98,7 +87,7 @@ def alternate(
     fracs: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            ref = matmul_rate()
+            ref = fp32_matmul_gflops(repeats=10)
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
