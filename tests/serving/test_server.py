@@ -18,11 +18,21 @@ from stainbench.serving.server import TritonServer, diagnose_log, models_still_l
 from stainbench.serving.testing import write_numpy_model
 
 
+def _live_cmdline(p: psutil.Process) -> str:
+    """``p``'s command line; empty for a process that has exited (zombies included)."""
+    try:
+        if not p.is_running() or p.status() == psutil.STATUS_ZOMBIE:
+            return ""
+        return " ".join(p.cmdline())
+    except psutil.Error:  # exited meanwhile, zombie, or not ours to read
+        return ""
+
+
 def _our_tritonservers() -> list[psutil.Process]:
-    """tritonserver or stub processes started (directly or not) by this test process."""
+    """Live tritonserver or stub processes started (directly or not) by this test process."""
     names = ("tritonserver", "triton_python_backend_stub")
     procs = psutil.Process().children(recursive=True)
-    return [p for p in procs if p.is_running() and any(n in " ".join(p.cmdline()) for n in names)]
+    return [p for p in procs if any(n in _live_cmdline(p) for n in names)]
 
 
 def test_server_is_ready_on_loopback_and_reports_urls(server: TritonServer) -> None:
