@@ -39,7 +39,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,7 +48,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stainbench.data.transforms import Normalization
-from stainbench.export.onnx import export_onnx, make_translator
+from stainbench.export.onnx import export_float_graph, export_onnx, make_translator
 from stainbench.models import create_model
 
 #: family -> (architecture, kwargs, label) at the sizes the families train with.
@@ -108,23 +107,6 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def export_float(gen: torch.nn.Module, tile: int, path: Path) -> Path:
-    """The bare float generator (float32 NCHW in/out, dynamic batch) as ONNX."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            gen,
-            (torch.zeros(1, 3, tile, tile),),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
-        )
-    return path
-
-
 def bench_family(
     family: str,
     tile: int,
@@ -149,7 +131,9 @@ def bench_family(
         flops = flops_per_tile(gen, tile)  # the same math: the same count
         out = tmp / f"{family}_{impl}"
         files = export_onnx(tr, out, sample_tile=tile)
-        float_path = export_float(gen, tile, out / "generator_float.onnx")
+        float_path = export_float_graph(
+            gen, torch.zeros(1, 3, tile, tile), out / "generator_float.onnx"
+        )
         models[impl] = (tr, session(files.model, threads), session(float_path, threads))
     ident = export_onnx(make_translator(torch.nn.Identity(), norm, 1), tmp / f"{family}_id")
     s_id = session(ident.model, threads)

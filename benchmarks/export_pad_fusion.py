@@ -23,13 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 
 import stainbench.models.layers as layers
 from stainbench.bench.limits import fp32_matmul_gflops
-from stainbench.export.onnx import drop_trailing_empty_inputs
+from stainbench.export.onnx import export_float_graph
 from stainbench.models import create_model
 
 GFLOP_PER_TILE = 12.1  # unet_256 forward at 256x256 (FlopCounterMode)
@@ -44,16 +43,9 @@ def export(work: Path, name: str, impl: str, max_pixels: int, fix: bool) -> Path
             "unet", in_channels=3, out_channels=3, depth=8, base_width=64, transpose_impl=impl
         ).eval()
         path = work / f"{name}.onnx"
-        torch.onnx.export(
-            model, torch.rand(1, 3, 256, 256), str(path), opset_version=17, dynamo=False,
-            input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
-        )  # fmt: skip
+        export_float_graph(model, torch.rand(1, 3, 256, 256), path, drop_empty_inputs=fix)
     finally:
         layers.AUTO_PHASE_MAX_PIXELS = default
-    proto = onnx.load(str(path))
-    if fix:
-        drop_trailing_empty_inputs(proto)
-    onnx.save(proto, str(path))
     return path
 
 

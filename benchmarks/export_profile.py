@@ -27,6 +27,7 @@ import onnxruntime as ort
 import torch
 
 from stainbench.bench.limits import fp32_matmul_gflops
+from stainbench.export.onnx import export_float_graph
 from stainbench.models import create_model
 
 ARCH = {
@@ -75,10 +76,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     path = work / "model.onnx"
     example = torch.rand(1, 3, args.tile, args.tile) * 2 - 1
-    torch.onnx.export(
-        model, example, str(path), input_names=["x"], output_names=["y"], opset_version=17,
-        dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False,
-    )  # fmt: skip
+    export_float_graph(model, example, path)
     flops = conv_flops(model, example)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from stainbench.bench.limits import fp32_matmul_gflops
+from stainbench.export.onnx import export_float_graph
 from stainbench.models.phase_transpose import PhaseConvTranspose2d
 
 #: (label, C_in, C_out, input side, kernel) at a 256x256 tile
@@ -59,18 +59,7 @@ def _uptime() -> str:
 
 def ort_session(m: nn.Module, c_in: int, side: int, path: Path) -> ort.InferenceSession:
     """``m`` exported (batch dynamic) and loaded in ONNX Runtime, threads as torch's."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            m.eval(),
-            (torch.zeros(1, c_in, side, side),),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
-        )
+    export_float_graph(m, torch.zeros(1, c_in, side, side), path)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1

@@ -269,6 +269,38 @@ def drop_trailing_empty_inputs(model: Any) -> int:
     return removed
 
 
+def export_float_graph(
+    module: nn.Module, example: torch.Tensor, path: str | Path, *, drop_empty_inputs: bool = True
+) -> Path:
+    """A bare float module as ONNX: input ``x``, output ``y``, batch dimension dynamic.
+
+    For benchmarks and tests that time a generator without the served model's uint8 wrapper:
+    the torchscript exporter at opset 17, ``module`` in eval mode, traced on ``example``
+    (e.g. ``(1, 3, 256, 256)`` float32), exporter warnings silenced. ``drop_empty_inputs``:
+    apply :func:`drop_trailing_empty_inputs` as :func:`export_onnx` does. Returns ``path``.
+    """
+    import onnx
+
+    path = Path(path)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+        )
+    if drop_empty_inputs:
+        proto = onnx.load(str(path))
+        drop_trailing_empty_inputs(proto)
+        onnx.save_model(proto, str(path))
+    return path
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The ``stainbench.*`` metadata of an ONNX file (prefix removed)."""
     import onnx

@@ -229,3 +229,20 @@ def test_phase_pads_are_fused_into_convolutions_by_onnx_runtime(tmp_path: Path) 
     assert not [n for n in optimized.node if n.op_type == "Pad"]
     x = np.random.default_rng(2).integers(0, 256, (3, 16, 24, 3), dtype=np.uint8)
     assert np.abs(OnnxTileModel(files.model).run(x).astype(int) - tr.translate(x)[0]).max() <= 1
+
+
+def test_export_float_graph_has_dynamic_batch_and_matches_torch(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from stainbench.export.onnx import export_float_graph
+
+    torch.manual_seed(0)
+    g = create_model("unet", depth=3, base_width=8, transpose_impl="phase").eval()
+    path = export_float_graph(g, torch.zeros(1, 3, 16, 16), tmp_path / "g.onnx")
+    graph = onnx.load(str(path)).graph
+    assert all(name for n in graph.node for name in n.input[-1:])  # empty inputs dropped
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(y, g(x).numpy(), atol=1e-5)
