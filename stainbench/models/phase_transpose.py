@@ -100,6 +100,17 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
         self.max_pixels = max_pixels
         self.only_in_export = only_in_export
         self.gemm_max_pixels = gemm_max_pixels
+        # the layer's geometry as int tuples (fixed at construction), and whether the phase
+        # split covers it: decided once here, not on every forward
+        self._geometry = tuple(
+            tuple(v)  # type: ignore[arg-type]  (nn.ConvTranspose2d stores (h, w) tuples)
+            for v in (
+                self.kernel_size, self.stride, self.padding, self.output_padding, self.dilation
+            )
+        )  # fmt: skip
+        self._phases_ok = self.padding_mode == "zeros" and phase_decomposable(
+            *self._geometry, self.groups
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -117,40 +128,16 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
             and not torch.onnx.is_in_onnx_export()
             and input.shape[-2] * input.shape[-1] <= self.gemm_max_pixels
         ):
-            return gemm_conv_transpose2d(
-                input,
-                self.weight,
-                self.bias,
-                self.kernel_size,  # type: ignore[arg-type]
-                self.stride,  # type: ignore[arg-type]
-                self.padding,  # type: ignore[arg-type]
-                self.output_padding,  # type: ignore[arg-type]
-                self.dilation,  # type: ignore[arg-type]
-            )
+            return gemm_conv_transpose2d(input, self.weight, self.bias, *self._geometry)
         if (
             output_size is not None
-            or self.padding_mode != "zeros"
-            or not phase_decomposable(
-                self.kernel_size,  # type: ignore[arg-type]
-                self.stride,  # type: ignore[arg-type]
-                self.padding,  # type: ignore[arg-type]
-                self.output_padding,  # type: ignore[arg-type]
-                self.dilation,  # type: ignore[arg-type]
-                self.groups,
-            )
+            or not self._phases_ok
             or (self.only_in_export and not torch.onnx.is_in_onnx_export())
             # a traced (ONNX) graph takes the branch of the example's size: the same math
             or (self.max_pixels is not None and input.shape[-2] * input.shape[-1] > self.max_pixels)
         ):
             return super().forward(input, output_size)
-        return phase_conv_transpose2d(
-            input,
-            self.weight,
-            self.bias,
-            self.kernel_size,  # type: ignore[arg-type]
-            self.stride,  # type: ignore[arg-type]
-            self.padding,  # type: ignore[arg-type]
-        )
+        return phase_conv_transpose2d(input, self.weight, self.bias, *self._geometry[:3])
 
 
 def gemm_conv_transpose2d(
