@@ -304,17 +304,28 @@ def stats(
             "process. The numbers are identical either way (exact histograms add up)."
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Threads of the in-process pass (each reads, decompresses and counts its "
+            "own blocks). Default: CPU cores + 1, at most 8.",
+        ),
+    ] = None,
 ) -> None:
     """Recompute normalization statistics (per channel mean, std, min, max, percentiles
     0.5/1/99/99.5; per split and per tile or volume) in one streaming pass."""
     import time
 
-    from stainbench.data.stats import recompute_store_stats
+    from stainbench.data.stats import IN_PROCESS_THREADS, recompute_store_stats
 
     start = time.perf_counter()
     with _progress() as update:
         result = recompute_store_stats(
-            store, scheduler=scheduler, progress=lambda d, t: update("statistics", d, t)
+            store,
+            scheduler=scheduler,
+            progress=lambda d, t: update("statistics", d, t),
+            threads=threads or IN_PROCESS_THREADS,
         )
     seconds = time.perf_counter() - start
     rate = result.nbytes / 1e6 / seconds if seconds > 0 else 0.0

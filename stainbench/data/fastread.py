@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,16 +131,25 @@ class ChunkReader:
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """``array[region]`` for plain slices (step 1); missing axes mean the whole axis."""
-        bounds = []
-        for i, n in enumerate(self.shape):
-            sl = region[i] if i < len(region) else slice(None)
-            start, stop, step = sl.indices(n)
-            if step != 1:
-                raise ValueError("only contiguous slices are supported")
-            bounds.append((start, max(start, stop)))
+        bounds = self._bounds(region)
         out = np.empty([b - a for a, b in bounds], dtype=self.dtype)
-        if out.size == 0:
-            return out
+        if out.size:
+            for dst, part in self.iter_region(region):
+                out[dst] = part
+        return out
+
+    def iter_region(
+        self, region: tuple[slice, ...]
+    ) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
+        """The chunks covering ``array[region]``, one at a time: ``(where, part)`` pairs, where
+        ``part`` is a view of one decoded chunk and ``where`` its place in ``array[region]``.
+
+        Consumers that do not need the region assembled (the statistics pass) save the copy
+        into one output array and hold one chunk at a time.
+        """
+        bounds = self._bounds(region)
+        if any(b <= a for a, b in bounds):
+            return
         ranges = [
             range(a // c, math.ceil(b / c)) for (a, b), c in zip(bounds, self.chunks, strict=True)
         ]
@@ -150,8 +160,17 @@ class ChunkReader:
                 lo, hi = max(a, k * c), min(b, (k + 1) * c)
                 src.append(slice(lo - k * c, hi - k * c))
                 dst.append(slice(lo - a, hi - a))
-            out[tuple(dst)] = chunk[tuple(src)]
-        return out
+            yield tuple(dst), chunk[tuple(src)]
+
+    def _bounds(self, region: tuple[slice, ...]) -> list[tuple[int, int]]:
+        bounds = []
+        for i, n in enumerate(self.shape):
+            sl = region[i] if i < len(region) else slice(None)
+            start, stop, step = sl.indices(n)
+            if step != 1:
+                raise ValueError("only contiguous slices are supported")
+            bounds.append((start, max(start, stop)))
+        return bounds
 
     def read_tile(self, n: int) -> np.ndarray:
         """Tile ``n`` of an ``(N, H, W, C)`` array (one tile per chunk is fastest)."""

@@ -24,25 +24,23 @@ whole array; ``std`` is the population standard deviation (``ddof=0``, as ``np.s
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from stainbench.data.histkernels import ChannelCounter, count_items
 from stainbench.errors import DataError
 
 STATS_SCHEMA_VERSION = 1
 PERCENTILES: tuple[float, ...] = (0.5, 1.0, 99.0, 99.5)
 FIELDS: tuple[str, ...] = ("mean", "std", "min", "max", "p0.5", "p1", "p99", "p99.5")
-#: Elements converted to bin indices at a time (bounds the temporary memory to ~8 bytes each).
-_PIECE = 1 << 22
-#: Elements per ``np.bincount`` call in :func:`channel_histograms` (2 MB of int64 indices:
-#: fits the CPU cache; measured fastest between 64 Ki and 1 Mi elements).
-_CACHE_PIECE = 1 << 18
-#: Default threads of the in-process pass (no scheduler): I/O and decompression of one block
-#: overlap the counting of another.
-IN_PROCESS_THREADS = 2
+#: Default threads of the in-process pass (no scheduler): one per core plus one, so that one
+#: thread's I/O wait is covered. Each reads, decompresses and counts its own blocks (the
+#: compiled counting releases the GIL). At most 8: tile blocks are assembled in memory.
+IN_PROCESS_THREADS = min(8, (os.cpu_count() or 1) + 1)
 
 
 def n_bins(dtype: np.dtype | str) -> int:
@@ -56,51 +54,20 @@ def n_bins(dtype: np.dtype | str) -> int:
 
 
 def channel_histograms(x: np.ndarray) -> np.ndarray:
-    """Per-channel histogram of ``x`` (``(..., C)`` uint8/uint16): int64 ``(C, bins)``.
-
-    Counts ``_CACHE_PIECE`` elements per ``np.bincount`` call through one reused index
-    buffer: the bin indices (int64, which ``np.bincount`` needs) then stay in the CPU cache,
-    about 1.6x faster than converting large pieces; the counts are the same.
-    """
-    bins = n_bins(x.dtype)
-    c = x.shape[-1]
-    flat = x.reshape(-1)  # pixel-major: element k belongs to channel k % c
-    out = np.zeros(c * bins, dtype=np.int64)
-    piece = max(c, _CACHE_PIECE // c * c)  # whole pixels per piece
-    buf = np.empty(min(piece, flat.size), dtype=np.intp)
-    offsets = np.tile(np.arange(c, dtype=np.intp) * bins, piece // c) if c > 1 else None
-    for start in range(0, flat.size, piece):
-        n = min(piece, flat.size - start)
-        idx = buf[:n]
-        np.copyto(idx, flat[start : start + n], casting="unsafe")
-        if offsets is not None:  # channel k's values count into bins [k*bins, (k+1)*bins)
-            idx += offsets[:n]
-        out += np.bincount(idx, minlength=c * bins)
-    return out.reshape(c, bins)
+    """Per-channel histogram of ``x`` (``(..., C)`` uint8/uint16): int64 ``(C, bins)``."""
+    counter = ChannelCounter(x.shape[-1], n_bins(x.dtype))
+    counter.add(x)
+    return counter.totals()
 
 
 def batch_histograms(x: np.ndarray) -> np.ndarray:
     """Histogram of each item of a batch ``(B, ..., C)``: int64 ``(B, C, bins)``."""
     bins = n_bins(x.dtype)
     b, c = x.shape[0], x.shape[-1]
-    flat = x.reshape(b, -1, c)
-    per_item = flat.shape[1] * c
-    if per_item > _PIECE:
-        return (
-            np.stack([channel_histograms(flat[i]) for i in range(b)])
-            if b
-            else np.zeros((0, c, bins), dtype=np.int64)
-        )
-    out = np.zeros(b * c * bins, dtype=np.int64)
-    step = max(1, _PIECE // max(1, per_item))
-    width = c * bins
-    for s in range(0, b, step):
-        e = min(b, s + step)
-        off = (np.arange(e - s, dtype=np.int64)[:, None, None] * c + np.arange(c)) * bins
-        piece = flat[s:e].astype(np.int64)
-        piece += off
-        out[s * width : e * width] += np.bincount(piece.ravel(), minlength=(e - s) * width)
-    return out.reshape(b, c, bins)
+    out = np.zeros((b, c, bins), dtype=np.int64)
+    if x.size:
+        count_items(np.ascontiguousarray(x).reshape(b, -1, c), out)
+    return out
 
 
 def summarize(hist: np.ndarray) -> np.ndarray:
@@ -194,13 +161,22 @@ class BlockResult:
 
 
 def run_block(store_path: str, block: Block) -> BlockResult:
-    """Read one block and histogram it (the function Dask workers run)."""
+    """Read one block and histogram it (the function Dask workers run).
+
+    Blocks without per-item statistics (volumes) are counted chunk by chunk as they are
+    decoded, never assembled: one chunk in memory per block, no extra copy.
+    """
     from stainbench.data.fastread import ChunkReader
 
     sl = tuple(slice(a, b) for a, b in block.index)
     reader = ChunkReader.for_array(f"{store_path}/{block.key}")
     if reader is not None:
-        return histogram_block(block, reader.read(sl))
+        if block.per_item:
+            return histogram_block(block, reader.read(sl))
+        counter = ChannelCounter(reader.shape[-1], n_bins(reader.dtype))
+        for _, part in reader.iter_region(sl):
+            counter.add(part)
+        return BlockResult(block, counter.totals(), None, reader.dtype.name)
     import zarr
 
     arr = zarr.open_array(f"{store_path}/{block.key}", mode="r")
@@ -288,11 +264,11 @@ def compute_store_stats(
     same API (ingestion passes one over the store it is writing). ``scheduler``: None computes
     in this process; ``"local"`` starts a local Dask cluster; any other string is the address
     of a running Dask scheduler (e.g. ``tcp://10.0.0.5:8786``). In this process, ``threads``
-    threads overlap one block's reading with another's counting (1: one block at a time);
-    ``processes`` > 1 counts on that many worker processes instead (``np.bincount`` holds the
-    GIL, so threads cannot count in parallel; spawned, not forked, and fed block by block, so
-    memory stays bounded per process). The numbers are identical in every case (integer
-    histograms add up in any order).
+    threads each read, decompress and count their own blocks in parallel (reading, Blosc and
+    the compiled counting all release the GIL; 1: one block at a time); ``processes`` > 1
+    uses that many spawned worker processes instead (fed block by block, so memory stays
+    bounded per process; each pays its own start-up). The numbers are identical in every case
+    (integer histograms add up in any order).
     ``progress(done_bytes, total_bytes)`` is called after each block.
     """
     blocks = plan_blocks(store)
@@ -364,8 +340,9 @@ def _pooled(
     """Blocks in this machine: on ``processes`` spawned processes when > 1, otherwise on
     ``threads`` threads of this process; at most ``workers + 1`` blocks in flight.
 
-    Reading and decompressing release the GIL, so with threads one block's I/O overlaps
-    another's counting; memory stays bounded by the blocks in flight (<= 32 MB of voxels each).
+    Reading, decompressing and counting release the GIL, so threads work in parallel; memory
+    stays bounded by the blocks in flight (<= 32 MB of voxels each; volume blocks hold one
+    decoded chunk at a time).
     """
     import multiprocessing
     from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor

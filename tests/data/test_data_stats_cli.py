@@ -56,8 +56,13 @@ def test_dask_cluster_gives_identical_numbers(tmp_path: Path, volume_store: Path
 
 
 def test_cli_stats_and_unreachable_scheduler(volume_store: Path, capsys) -> None:
+    before = open_store(volume_store).stats
     assert main(["data", "stats", str(volume_store)]) == 0
     assert "MB/s" in capsys.readouterr().out
+    assert main(["data", "stats", str(volume_store), "--threads", "1"]) == 0
+    assert open_store(volume_store).stats == before
+    capsys.readouterr()
+    assert main(["data", "stats", str(volume_store), "--threads", "0"]) == 2  # usage error
     assert main(["data", "stats", str(volume_store), "--scheduler", "tcp://127.0.0.1:9"]) == 1
     assert "cannot reach the Dask scheduler" in capsys.readouterr().err
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from stainbench.data import stats
+from stainbench.data import histkernels, stats
 from stainbench.data.ingest import IngestOptions, ingest
 from stainbench.data.stats import (
     batch_histograms,
@@ -31,7 +31,7 @@ def _reference(x: np.ndarray) -> np.ndarray:
 def test_channel_histograms_are_exact_across_pieces(
     monkeypatch: pytest.MonkeyPatch, dtype: type, channels: int
 ) -> None:
-    monkeypatch.setattr(stats, "_CACHE_PIECE", 1000)  # many pieces, ragged last piece
+    monkeypatch.setattr(histkernels, "FLUSH_VALUES", 1000)  # many flushes, ragged last piece
     rng = np.random.default_rng(channels)
     hi = int(np.iinfo(dtype).max) + 1
     x = rng.integers(0, hi, (7, 53, 11, channels)).astype(dtype)
@@ -89,3 +89,45 @@ def test_bad_parallelism_is_one_line(volume_store: Path) -> None:
 
     with pytest.raises(DataError, match=r"threads \(0\) and processes \(1\) must be >= 1"):
         compute_store_stats(open_store(volume_store), threads=0)
+
+
+def test_batch_histograms_count_each_item() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (5, 9, 7, 3)).astype(np.uint8)
+    per = batch_histograms(x)
+    assert per.shape == (5, 3, 256) and per.dtype == np.int64
+    for k in range(5):
+        np.testing.assert_array_equal(per[k], _reference(x[k]))
+    assert batch_histograms(x[:0]).shape == (0, 3, 256)
+
+
+def test_channel_counter_takes_strided_views_and_checks_channels() -> None:
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 65536, (20, 30, 2)).astype(np.uint16)
+    counter = histkernels.ChannelCounter(2, 65536)
+    counter.add(x[::2, 3:17])  # not contiguous: copied once
+    counter.add(x[1::2, 3:17])
+    np.testing.assert_array_equal(counter.totals(), _reference(x[:, 3:17]))
+    with pytest.raises(ValueError, match="expected 2 channels"):
+        counter.add(x[..., :1])
+
+
+def test_chunk_parts_cover_a_misaligned_region_exactly(volume_store: Path) -> None:
+    import zarr
+
+    from stainbench.data.fastread import ChunkReader
+
+    folder = volume_store / "volumes" / "v" / "A"
+    reader = ChunkReader.for_array(folder)
+    assert reader is not None
+    region = (slice(1, 10), slice(3, 37))  # cuts through chunks (2, 8, 8) on both axes
+    expected = np.asarray(zarr.open_array(str(folder), mode="r")[region])
+    seen = np.zeros(expected.shape, dtype=np.int64)
+    got = np.zeros_like(expected)
+    for where, part in reader.iter_region(region):
+        got[where] = part
+        seen[where] += 1
+    assert (seen == 1).all()  # every element exactly once
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(reader.read(region), expected)
+    assert list(reader.iter_region((slice(4, 4),))) == []
