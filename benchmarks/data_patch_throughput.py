@@ -4,23 +4,30 @@ The same N tile pairs (256 x 256 RGB uint8, random crops of scikit-image's IHC f
 hematoxylin-only rendering, B the original) are written as
 
 - ``png``: ``A/<i>.png`` and ``B/<i>.png`` (Pillow, default compression), read by a dataset
-  that decodes both PNGs per item and applies the same crop/flip/rotation as the store's;
+  that decodes both PNGs per item and gives the same items as the store's datasets (the
+  channels-last crop, its flip/rotation code, its normalization parameters);
 - ``zarr 1x256x256x3 (sharded 64)``: the store's own layout (one tile per chunk, 64 tiles per
   shard file), read by ``PairedPatchDataset`` (fast tile reader);
-- ``zarr 8x256x256x3``: eight tiles per chunk, read by ``PairedPatchDataset`` through zarr
-  (the fast reader only handles one tile per chunk), so each item decodes 8 tiles per side;
+- ``zarr 8x256x256x3``: eight tiles per chunk (fast reader: each chunk touched by a batch is
+  decoded once per batch);
 - ``zarr 1x256x256x3 via zarr API``: the store's layout with the fast reader switched off.
 
-Two item pipelines, measured in the same run for every source:
+Every pipeline delivers **normalized float32 ``(B, 3, 256, 256)`` batches** to the consumer,
+through the same batch step (``normalize_batch``: flip/rotation, channels first and
+normalization of the whole batch in one pass). Two item pipelines, measured in the same run
+for every source:
 
-- ``raw`` (the datasets' contract): uint8 items, collated, then ``normalize_batch`` on each
-  batch in the consuming process (what the training loop does);
-- ``float`` (the contract before): each item normalized to float32 (``Normalization.forward``
-  in the dataset, i.e. in the worker), float32 batches collated.
+- ``batch`` (the datasets' contract): ``DataLoader`` fetches a batch's items together
+  (``__getitems__``: the store's tiles decoded into one array), channels-last crops collated,
+  then ``normalize_batch`` in the consuming process (what the training loop does);
+- ``item`` (the pipeline before, for comparison): items fetched one at a time, each flipped/
+  rotated and made channels-first in the dataset (``apply_params``), collated, then
+  normalized (``normalize_raw``: float32 conversion, subtraction, division).
 
-Patches per second = pairs delivered as normalized float32 batches by a
-``DataLoader(batch_size=16)`` over one epoch (after one warm-up epoch), for ``num_workers``
-0 and 2, ``torch.set_num_threads(1)``.
+Patches per second = pairs delivered by a ``DataLoader(batch_size=16)`` over one epoch (after
+one warm-up epoch), for ``num_workers`` 0 and 2, ``torch.set_num_threads(1)``; batches in index
+order, and for the zarr layouts and PNG also shuffled (a new random order per epoch, as
+training draws them: a batch then touches up to 16 chunks of 8 tiles).
 
     .venv/bin/python benchmarks/data_patch_throughput.py [--n 512]
 """
@@ -35,6 +42,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +50,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from stainbench.data.augment import apply_params, sample_params
+from stainbench.data.augment import PatchParams, apply_params, crop, sample_params
 from stainbench.data.datasets import PairedPatchDataset
 from stainbench.data.demo import load_source, render_stains
 from stainbench.data.store import create_store
-from stainbench.data.transforms import NORM_SUFFIX, Normalization, normalize_batch
+from stainbench.data.transforms import AUG_SUFFIX, NORM_SUFFIX, Normalization, normalize_batch
 from stainbench.data.writer import compressor, finalize_with_stats
 
 TILE = 256
@@ -56,30 +64,33 @@ RANGE = Normalization("range", "A", (127.5,) * 3, (127.5,) * 3)
 
 
 class PngPairs(Dataset):
-    """The PNG baseline: decode A and B, same augmentation as the store; raw uint8 items with
-    their normalization parameters, as ``PairedPatchDataset`` returns them."""
+    """The PNG baseline: decode A and B, same augmentation as the store; the same items as
+    ``PairedPatchDataset`` (channels-last crop, code, normalization parameters)."""
 
     def __init__(self, folder: Path, n: int, seed: int = 0) -> None:
         self.folder, self.n, self.seed = folder, n, seed
         self.params = torch.from_numpy(RANGE.params())
+        self.epoch = 0
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, 0, i])
+        rng = np.random.default_rng([self.seed, self.epoch, i])
         params = sample_params(rng, TILE, TILE, TILE)
         out = {}
         for d in ("A", "B"):
             with Image.open(self.folder / d / f"{i:05d}.png") as im:
-                raw = np.asarray(im)
-            out[d] = torch.from_numpy(apply_params(raw, params))
+                raw = np.asarray(im)  # read-only; the batch step only reads it
+            out[d] = torch.from_numpy(crop(raw, params, TILE))
+            out[d + AUG_SUFFIX] = torch.tensor(params.code)
             out[d + NORM_SUFFIX] = self.params
         return out
 
 
-class FloatItems(Dataset):
-    """The previous contract: every item normalized to float32 in the dataset (numpy)."""
+class PerItem(Dataset):
+    """The pipeline before: one item at a time (no batched fetch), each flipped/rotated and
+    made channels-first in the dataset; ``normalize_batch`` then only normalizes."""
 
     def __init__(self, ds: Dataset) -> None:
         self.ds = ds
@@ -88,8 +99,14 @@ class FloatItems(Dataset):
         return len(self.ds)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = self.ds[i]  # every source here uses the range mode
-        return {d: torch.from_numpy(RANGE.forward(item[d].numpy())) for d in ("A", "B")}
+        item = self.ds[i]
+        out = {}
+        for d in ("A", "B"):
+            code = int(item[d + AUG_SUFFIX])
+            params = PatchParams(0, 0, code >= 4, code % 4)
+            out[d] = torch.from_numpy(apply_params(item[d].numpy(), params))
+            out[d + NORM_SUFFIX] = item[d + NORM_SUFFIX]
+        return out
 
 
 def make_tiles(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,20 +140,42 @@ def write_store(
     finalize_with_stats(group, path, "paired", {"benchmark": "patch throughput"})
 
 
-def measure(ds: Dataset, workers: int, n: int) -> float:
-    """Pairs/s delivered as normalized float32 batches (raw items: ``normalize_batch`` here)."""
-    loader = DataLoader(ds, batch_size=16, num_workers=workers, persistent_workers=workers > 0)
-    for _ in loader:  # warm-up epoch (worker start, page cache, first decode)
+def measure(ds: Dataset, workers: int, n: int, shuffle: bool) -> float:
+    """Pairs/s delivered as normalized float32 ``(B, 3, 256, 256)`` batches."""
+    loader = DataLoader(
+        ds,
+        batch_size=16,
+        shuffle=shuffle,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    for _ in loader:  # warm-up epoch (worker start, page cache, first decode, compilation)
         pass
     start = time.perf_counter()
     count = 0
     for batch in loader:
         x = normalize_batch(batch)
-        assert x["A"].dtype == torch.float32
+        assert x["A"].dtype == torch.float32 and x["A"].shape[1:] == (3, TILE, TILE)
         count += int(x["A"].shape[0])
     elapsed = time.perf_counter() - start
     assert count == n
     return count / elapsed
+
+
+def check_same_batches(cases: dict, n: int) -> None:
+    """Every source and both pipelines give bit-identical normalized batches (same seed)."""
+    ref = None
+    for name, make in cases.items():
+        for pipeline in ("batch", "item"):
+            ds = make() if pipeline == "batch" else PerItem(make())
+            batch = next(iter(DataLoader(ds, batch_size=min(16, n))))
+            x = normalize_batch(batch)
+            if ref is None:
+                ref = x
+            for d in ("A", "B"):
+                same = torch.equal(x[d].view(torch.int32), ref[d].view(torch.int32))
+                assert same, f"{name} ({pipeline}): batch differs"
 
 
 def raw_reads(work: Path, n: int) -> dict[str, float]:
@@ -171,6 +210,7 @@ def du(path: Path) -> int:
 
 
 def main() -> None:
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512, help="tile pairs")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/data_patch.json"))
@@ -195,7 +235,7 @@ def main() -> None:
             "zarr 1x256x256x3 (sharded 64), zarr API": lambda: _slow(
                 PairedPatchDataset(work / "sharded.zarr", "train", TILE, augment=True)
             ),
-            "zarr 8x256x256x3, zarr API": lambda: PairedPatchDataset(
+            "zarr 8x256x256x3, fast reader": lambda: PairedPatchDataset(
                 work / "chunk8.zarr", "train", TILE, augment=True
             ),
         }
@@ -203,31 +243,48 @@ def main() -> None:
             "png": du(work / "png"),
             "zarr 1x256x256x3 (sharded 64), fast reader": du(work / "sharded.zarr"),
             "zarr 1x256x256x3 (sharded 64), zarr API": du(work / "sharded.zarr"),
-            "zarr 8x256x256x3, zarr API": du(work / "chunk8.zarr"),
+            "zarr 8x256x256x3, fast reader": du(work / "chunk8.zarr"),
         }
         decode = raw_reads(work, args.n)
+        check_same_batches(cases, args.n)
         results = []
         for workers in (0, 2):
-            for name, make in cases.items():
-                for items in ("float", "raw"):
-                    ds = make() if items == "raw" else FloatItems(make())
-                    rate = measure(ds, workers, args.n)
-                    results.append(
-                        {"case": name, "items": items, "workers": workers, "patches_per_s": rate}
-                    )
-                    print(
-                        f"{name:45s} {items:5s} workers={workers}: {rate:8.1f} pairs/s", flush=True
-                    )
+            for shuffle in (False, True):
+                for name, make in cases.items():
+                    if shuffle and "zarr API" in name:
+                        continue
+                    for pipeline in ("item", "batch"):
+                        ds = make() if pipeline == "batch" else PerItem(make())
+                        rate = measure(ds, workers, args.n, shuffle)
+                        order = "shuffled" if shuffle else "in order"
+                        results.append(
+                            {
+                                "case": name,
+                                "pipeline": pipeline,
+                                "order": order,
+                                "workers": workers,
+                                "patches_per_s": rate,
+                            }
+                        )
+                        print(
+                            f"{name:45s} {pipeline:5s} {order:8s} workers={workers}: "
+                            f"{rate:8.1f} pairs/s",
+                            flush=True,
+                        )
         for r in results:
-            for base in ("float", "raw"):
+            for base in ("item", "batch"):
                 png = next(
                     x["patches_per_s"]
                     for x in results
-                    if x["case"] == "png" and x["workers"] == r["workers"] and x["items"] == base
+                    if x["case"] == "png"
+                    and x["workers"] == r["workers"]
+                    and x["order"] == r["order"]
+                    and x["pipeline"] == base
                 )
                 r[f"x_png_{base}"] = r["patches_per_s"] / png
         report = {
             "benchmark": "paired patch throughput, 256x256 RGB uint8, batch 16, normalized batches",
+            "command": "benchmarks/data_patch_throughput.py --n " + str(args.n),
             "n_pairs": args.n,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",

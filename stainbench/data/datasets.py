@@ -1,24 +1,28 @@
 """PyTorch datasets over a store: paired, unpaired and volume patches.
 
-Every item is a dict of raw patches and their normalization parameters::
+Every tile item is a dict of raw patches, their transform codes and normalization parameters::
 
-    {"A": (C, P, P) uint8/uint16, "A_norm": (2, C) float32, "B": ..., "B_norm": ...}
+    {"A": (P, P, C) uint8/uint16, "A_aug": () int64, "A_norm": (2, C) float32, "B": ...}
 
-channels first, with the stored dtype (flips and rotations are exact on integers).
-``"A_norm"`` holds the offsets and scales of the dataset's
-:class:`~stainbench.data.transforms.Normalization` for this patch (per tile in the
-``percentile`` mode). :func:`~stainbench.data.transforms.normalize_batch` turns a collated
-batch into the float32 network inputs once per batch, bit-identical to normalizing each item
-(:meth:`normalized` does it for one item). Items depend only on
+``"A"`` is the crop as stored (channels last, not yet flipped or rotated: a view of the
+decoded tile, no pixel is copied per item), ``"A_aug"`` the flip/rotation code
+(:attr:`~stainbench.data.augment.PatchParams.code`, 0 = none) and ``"A_norm"`` the offsets
+and scales of the dataset's :class:`~stainbench.data.transforms.Normalization` for this patch
+(per tile in the ``percentile`` mode). :func:`~stainbench.data.transforms.normalize_batch`
+turns a collated batch into the float32 ``(B, C, P, P)`` network inputs in one pass per batch
+(flip/rotation, channels first and normalization together), bit-identical to transforming and
+normalizing each item (:meth:`normalized` does it for one item). Items depend only on
 ``(seed, epoch, index)``: the random crop/flip/rotation of item ``i`` in epoch ``e`` comes from
 ``numpy.random.default_rng([seed, e, i])``. The store is opened lazily in each process, so the
 datasets can be handed to ``DataLoader(num_workers=N)``; only the chunks a patch touches are
-read.
+read. ``DataLoader`` fetches a batch through :meth:`__getitems__`, which decodes the batch's
+tiles into one array (each chunk once per batch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +30,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from stainbench.data.augment import PatchParams, apply_params, sample_params
-from stainbench.data.fastread import TileReader
+from stainbench.data.augment import PatchParams, crop, sample_params
+from stainbench.data.fastread import ChunkReader
 from stainbench.data.store import TileStore, open_store
-from stainbench.data.transforms import MODES, NORM_SUFFIX, Normalization, normalize_batch
+from stainbench.data.transforms import (
+    AUG_SUFFIX,
+    MODES,
+    NORM_SUFFIX,
+    Normalization,
+    normalize_batch,
+)
 from stainbench.errors import DataError
 
 NormalizationArg = str | Mapping[str, Normalization]
@@ -62,7 +72,7 @@ class _StoreDataset(Dataset):
         self.augment = (split == "train") if augment is None else bool(augment)
         self.manifest_hash = opened.manifest_hash
         self._store: TileStore | None = None
-        self._readers: dict[str, TileReader | None] = {}
+        self._readers: dict[str, _BatchReader | None] = {}
         self.fast_read = True
         self._per_image: dict[str, np.ndarray | None] = {}
         self._mode = normalization if isinstance(normalization, str) else None
@@ -105,13 +115,22 @@ class _StoreDataset(Dataset):
             self._store = open_store(self.path)
         return self._store
 
-    def _reader(self, domain: str) -> TileReader | None:
-        """The fast whole-tile reader of a domain (None: read through zarr)."""
+    def _reader(self, domain: str) -> _BatchReader | None:
+        """The fast tile reader of a domain (None: read through zarr)."""
         if not self.fast_read:
             return None
         if domain not in self._readers:
-            self._readers[domain] = TileReader.for_array(self.path / self.split / domain)
+            self._readers[domain] = _BatchReader.for_array(self.path / self.split / domain)
         return self._readers[domain]
+
+    def _tiles(self, domain: str, tiles: Sequence[int]) -> np.ndarray:
+        """Tiles ``tiles`` of a domain as one ``(n, H, W, C)`` array (each chunk read once)."""
+        reader = self._reader(domain)
+        if reader is not None:
+            return reader.read_tiles(tiles)
+        arr = self.store.array(self.split, domain)
+        unique, where = np.unique(np.asarray(tiles, dtype=np.int64), return_inverse=True)
+        return np.asarray(arr.get_orthogonal_selection((unique,)))[where.reshape(-1)]
 
     def _rng(self, index: int) -> np.random.Generator | None:
         if not self.augment:
@@ -129,18 +148,28 @@ class _StoreDataset(Dataset):
             return norm
         return norm.for_image(per[tile])
 
-    def _read(
-        self, out: dict[str, torch.Tensor], domain: str, tile: int, params: PatchParams, patch: int
+    def _items(
+        self, domain: str, tiles: Sequence[int], params: Sequence[PatchParams], out: list[dict]
     ) -> None:
-        """Put the raw ``(C, P, P)`` patch and its ``(2, C)`` normalization into ``out``."""
-        ys, xs = slice(params.y, params.y + patch), slice(params.x, params.x + patch)
-        reader = self._reader(domain)
-        if reader is not None:
-            raw = reader.read_tile(tile)[ys, xs]
-        else:
-            raw = np.asarray(self.store.array(self.split, domain)[tile, ys, xs, :])
-        out[domain] = torch.from_numpy(apply_params(raw, params))
-        out[domain + NORM_SUFFIX] = torch.from_numpy(self._norm_for(domain, tile).params())
+        """Add the raw crops, codes and normalization parameters of ``domain`` to ``out``."""
+        data = self._tiles(domain, tiles)
+        shared = None if self._mode == "percentile" else self._params(domain, 0)
+        for j, (item, tile, par) in enumerate(zip(out, tiles, params, strict=True)):
+            item[domain] = torch.from_numpy(crop(data[j], par, self.patch_size))
+            item[domain + AUG_SUFFIX] = torch.tensor(par.code)
+            item[domain + NORM_SUFFIX] = (
+                shared if shared is not None else self._params(domain, tile)
+            )
+
+    def _params(self, domain: str, tile: int) -> torch.Tensor:
+        return torch.from_numpy(self._norm_for(domain, tile).params())
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        """The items ``indices`` (what ``DataLoader`` asks for one batch), read together."""
+        raise NotImplementedError
 
     def normalized(self, index: int) -> dict[str, torch.Tensor]:
         """Item ``index`` as float32 network inputs ``{"A": (C, P, P), "B": ...}``."""
@@ -190,13 +219,16 @@ class PairedPatchDataset(_StoreDataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not 0 <= index < self.length:
-            raise IndexError(index)
-        params = sample_params(self._rng(index), *self.tile_hw, self.patch_size)
-        out: dict[str, torch.Tensor] = {}
-        self._read(out, "A", index, params, self.patch_size)
-        self._read(out, "B", index, params, self.patch_size)
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        """Items ``indices``: the same crop, flip and rotation for A and B of each pair."""
+        tiles = [int(i) for i in indices]
+        for i in tiles:
+            if not 0 <= i < self.length:
+                raise IndexError(i)
+        params = [sample_params(self._rng(i), *self.tile_hw, self.patch_size) for i in tiles]
+        out: list[dict[str, torch.Tensor]] = [{} for _ in tiles]
+        self._items("A", tiles, params, out)
+        self._items("B", tiles, params, out)
         return out
 
 
@@ -232,17 +264,91 @@ class UnpairedPatchDataset(_StoreDataset):
     def __len__(self) -> int:
         return max(self.counts.values())
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        rng = self._rng(index)
-        ia = index % self.counts["A"]
-        ib = int(rng.integers(0, self.counts["B"])) if rng is not None else index % self.counts["B"]
-        pa = sample_params(rng, *self.tile_hw["A"], self.patch_size)
-        pb = sample_params(rng, *self.tile_hw["B"], self.patch_size)
-        out: dict[str, torch.Tensor] = {}
-        self._read(out, "A", ia, pa, self.patch_size)
-        self._read(out, "B", ib, pb, self.patch_size)
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        """Items ``indices``: A tile ``i % N_A`` and a B tile, each with its own transform."""
+        ia, ib, pa, pb = [], [], [], []
+        for index in indices:
+            if not 0 <= index < len(self):
+                raise IndexError(index)
+            rng = self._rng(index)
+            ia.append(int(index) % self.counts["A"])
+            ib.append(
+                int(rng.integers(0, self.counts["B"]))
+                if rng is not None
+                else int(index) % self.counts["B"]
+            )
+            pa.append(sample_params(rng, *self.tile_hw["A"], self.patch_size))
+            pb.append(sample_params(rng, *self.tile_hw["B"], self.patch_size))
+        out: list[dict[str, torch.Tensor]] = [{} for _ in ia]
+        self._items("A", ia, pa, out)
+        self._items("B", ib, pb, out)
+        return out
+
+
+class _BatchReader(ChunkReader):
+    """:class:`ChunkReader` that decodes the tiles of a batch into one array.
+
+    Allocating a fresh buffer per decoded tile costs more than decoding it (on this machine
+    the allocator returns the freed memory to the system after every batch and takes page
+    faults on the next), so whole-tile chunks are decoded straight into their place in one
+    ``(n, H, W, C)`` array per batch, and chunks of several tiles into one reused buffer, once
+    per batch however many of their tiles the batch uses.
+    """
+
+    _target: np.ndarray | None = None  # set only while _chunk_into decodes
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        target = self._target
+        if target is None:
+            return super()._decode(data)
+        import numcodecs.blosc
+
+        previous = numcodecs.blosc.use_threads
+        numcodecs.blosc.use_threads = False  # one chunk: Blosc's threads only add overhead
+        try:
+            numcodecs.blosc.decompress(data, target)
+        finally:
+            numcodecs.blosc.use_threads = previous
+        return target.view(self.dtype.newbyteorder("<")).reshape(self.chunks)
+
+    def _chunk_into(self, coords: tuple[int, ...], target: np.ndarray) -> np.ndarray:
+        """Chunk ``coords`` decoded into ``target`` (chunk-sized, C-contiguous), as the
+        chunk-shaped result (``target`` itself unless the chunk is missing: fill value)."""
+        self._target = target.reshape(-1).view(np.uint8)
+        try:
+            return self.read_chunk(coords)
+        finally:
+            self._target = None
+
+    def read_tiles(self, tiles: Sequence[int]) -> np.ndarray:
+        """Tiles ``tiles`` of an ``(N, H, W, C)`` array as one new ``(n, H, W, C)`` array."""
+        n = len(tiles)
+        out = np.empty((n, *self.shape[1:]), dtype=self.dtype)
+        whole = tuple(self.chunks[1:]) == tuple(self.shape[1:])
+        if not whole or sys.byteorder != "little":  # decoding in place needs native order
+            for j, t in enumerate(tiles):
+                out[j] = self.read_tile(int(t))
+            return out
+        zeros = (0,) * (len(self.shape) - 1)
+        step = self.chunks[0]
+        if step == 1:
+            for j, t in enumerate(tiles):
+                if not 0 <= t < self.shape[0]:
+                    raise IndexError(t)
+                got = self._chunk_into((int(t), *zeros), out[j : j + 1])
+                if not np.may_share_memory(got, out):
+                    out[j] = got[0]
+            return out
+        buffer = np.empty(self.chunks, dtype=self.dtype)
+        by_chunk: dict[int, list[int]] = {}
+        for j, t in enumerate(tiles):
+            if not 0 <= t < self.shape[0]:
+                raise IndexError(t)
+            by_chunk.setdefault(int(t) // step, []).append(j)
+        for k, rows in by_chunk.items():
+            chunk = self._chunk_into((k, *zeros), buffer)
+            for j in rows:
+                out[j] = chunk[int(tiles[j]) - k * step]
         return out
 
 

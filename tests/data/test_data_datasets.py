@@ -9,7 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from stainbench.data.augment import PatchParams, apply_params
 from stainbench.data.datasets import PairedPatchDataset, UnpairedPatchDataset
+from stainbench.data.store import create_store
+from stainbench.data.transforms import normalize_batch
 from stainbench.data.writer import write_tile_store
 from stainbench.errors import DataError
 
@@ -28,8 +31,11 @@ def paired(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
 
 
 def _raw(ds: PairedPatchDataset, item: dict[str, torch.Tensor], d: str) -> np.ndarray:
+    """The item's patch as the network sees it (flipped/rotated, channels first), raw."""
     assert item[d].dtype == torch.uint8  # items are raw; normalization happens per batch
-    return item[d].numpy().astype(np.int64)
+    assert item[d].shape == (ds.patch_size, ds.patch_size, 3)  # the crop as stored
+    code = int(item[d + "_aug"])
+    return apply_params(item[d].numpy(), PatchParams(0, 0, code >= 4, code % 4)).astype(np.int64)
 
 
 def _dihedral(chw: np.ndarray) -> list[np.ndarray]:
@@ -47,8 +53,9 @@ def test_pairs_stay_aligned_pixel_by_pixel(paired) -> None:
     seen_transforms = set()
     for i in range(len(ds)):
         item = ds[i]
-        assert item["A"].shape == (3, 16, 16) and item["A"].dtype == torch.uint8
+        assert item["A"].shape == (16, 16, 3) and item["A"].dtype == torch.uint8
         assert item["A_norm"].shape == (2, 3) and item["A_norm"].dtype == torch.float32
+        assert item["A_aug"].dtype == torch.int64 and int(item["A_aug"]) == int(item["B_aug"])
         ra, rb = _raw(ds, item, "A"), _raw(ds, item, "B")
         np.testing.assert_array_equal(rb, 255 - ra)
         # the A patch is a crop of tile i under one of the 8 flips/rotations
@@ -68,11 +75,21 @@ def test_items_are_deterministic_per_seed_epoch_index(paired) -> None:
     path, _ = paired
     ds1 = PairedPatchDataset(path, "train", 16, seed=5)
     ds2 = PairedPatchDataset(path, "train", 16, seed=5)
-    assert torch.equal(ds1[3]["A"], ds2[3]["A"])
+
+    def same(x: PairedPatchDataset, y: PairedPatchDataset, i: int) -> bool:
+        return np.array_equal(_raw(x, x[i], "A"), _raw(y, y[i], "A"))
+
+    assert same(ds1, ds2, 3)
     ds2.set_epoch(1)
-    assert any(not torch.equal(ds1[i]["A"], ds2[i]["A"]) for i in range(len(ds1)))
+    assert not all(same(ds1, ds2, i) for i in range(len(ds1)))
     ds3 = PairedPatchDataset(path, "train", 16, seed=6)
-    assert any(not torch.equal(ds1[i]["A"], ds3[i]["A"]) for i in range(len(ds1)))
+    assert not all(same(ds1, ds3, i) for i in range(len(ds1)))
+    # a batch read together gives the items read one at a time
+    together = ds1.__getitems__([5, 0, 5, 11])
+    for i, item in zip([5, 0, 5, 11], together, strict=True):
+        single = ds1[i]
+        assert item.keys() == single.keys()
+        assert all(torch.equal(item[k], single[k]) for k in item)
 
 
 def test_val_split_is_centre_crop_without_augmentation(paired) -> None:
@@ -91,7 +108,7 @@ def test_dataloader_workers_give_the_same_batches(paired) -> None:
     got = list(DataLoader(ds, batch_size=4, num_workers=2))
     assert len(ref) == 3
     for x, y in zip(ref, got, strict=True):
-        assert x.keys() == y.keys() == {"A", "A_norm", "B", "B_norm"}
+        assert x.keys() == y.keys() == {"A", "A_aug", "A_norm", "B", "B_aug", "B_norm"}
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 
@@ -119,7 +136,8 @@ def test_unpaired_dataset_draws_independent_sides(tmp_path: Path) -> None:
     ds = UnpairedPatchDataset(path, "train", patch_size=12, seed=0)
     assert len(ds) == 7
     items = [ds[i] for i in range(7)]
-    assert all(it["B"].shape == (3, 12, 12) for it in items)
+    assert all(it["B"].shape == (12, 12, 3) for it in items)
+    assert all(normalize_batch(it)["B"].shape == (3, 12, 12) for it in items)
     with pytest.raises(DataError, match="PairedPatchDataset needs a paired store"):
         PairedPatchDataset(path, "train", 12)
 
@@ -180,3 +198,40 @@ def test_fast_and_zarr_paths_give_identical_items(paired) -> None:
     assert fast._reader("A") is not None
     for i in range(len(fast)):
         assert torch.equal(fast[i]["A"], slow[i]["A"]) and torch.equal(fast[i]["B"], slow[i]["B"])
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_batched_reads_match_zarr_for_any_chunking(tmp_path: Path, chunk: int) -> None:
+    """Tiles of a batch decoded together (several tiles per chunk: each chunk once, a chunk
+    never written: the fill value) equal zarr's, item for item, normalized bit for bit."""
+    from stainbench.data.writer import compressor, finalize_with_stats
+
+    rng = np.random.default_rng(8)
+    data = rng.integers(0, 256, (10, 12, 14, 3), dtype=np.uint8)
+    path = tmp_path / f"c{chunk}.zarr"
+    group = create_store(path, "paired")
+    for d, values in (("A", data), ("B", 255 - data)):
+        arr = group.create_array(
+            f"train/{d}",
+            shape=values.shape,
+            dtype="uint8",
+            chunks=(chunk, 12, 14, 3),
+            compressors=compressor(),
+            fill_value=0,
+        )
+        arr[:9] = values[:9]  # the chunk of tile 9 is never written (tile 9 = fill value)
+    finalize_with_stats(group, path, "paired", {"test": "chunking"})
+    fast = PairedPatchDataset(path, "train", 10, seed=3)
+    slow = PairedPatchDataset(path, "train", 10, seed=3)
+    slow.fast_read = False
+    assert fast._reader("A") is not None
+    order = [9, 2, 0, 1, 2, 7, 8, 4]  # repeats and several tiles of one chunk
+    got, ref = fast.__getitems__(order), slow.__getitems__(order)
+    for i, x, y in zip(order, got, ref, strict=True):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+        single = fast[i]
+        assert all(torch.equal(x[k], single[k]) for k in x)
+    assert int(got[0]["A"].sum()) == 0  # tile 9: fill value
+    batch = normalize_batch(torch.utils.data.default_collate(got))
+    expected = normalize_batch(torch.utils.data.default_collate(ref))
+    assert torch.equal(batch["A"].view(torch.int32), expected["A"].view(torch.int32))
