@@ -11,19 +11,23 @@ own files only):
    the plain sequential read speed of the same files;
 2. ``stats``: ``recompute_store_stats`` (what ``stainbench data stats STORE`` runs) in a
    fresh process (one streaming pass: read, decompress, histogram, write the attributes),
-   timed with its start-up, with its peak RSS from ``/usr/bin/time``; once per variant
-   (``--variants``): ``threads1`` (one block at a time in this process), ``threads2`` (the
-   default: two threads, one block's I/O overlapping another's counting), ``proc2`` (two
-   spawned worker processes counting in parallel), ``local`` (a local Dask cluster of 2
-   worker processes, ``--scheduler local``), and with ``--compare-src DIR``
+   timed twice: the ``recompute_store_stats`` call (``pass``) and the whole process with
+   its interpreter start-up and imports (``process``), with its peak RSS from
+   ``/usr/bin/time``; once per variant
+   (``--variants``): ``default`` (what ``stainbench data stats`` does: 2 threads per
+   CPU core, each reading, decompressing and counting its own blocks), ``cold`` (the same
+   with numba's on-disk cache of the counting kernels deleted first: the first run on a
+   machine, which compiles them), ``threadsN`` (N threads), ``procN`` (N spawned worker
+   processes), ``local`` (a local Dask cluster of 2 worker processes,
+   ``--scheduler local``), and with ``--compare-src DIR``
    also ``src`` (the default pass of another stainbench source tree, e.g. an older commit
    from ``git archive``, for before/after in one run).
 
-``ratio`` = read time / stats time (>= 0.8 is the target). The files are deleted afterwards
+``ratio_pass`` / ``ratio_process`` = read time / stats time (>= 0.8 is the target). The files are deleted afterwards
 unless ``--keep``.
 
     .venv/bin/python benchmarks/data_stats_volume.py [--sizes 4,8] [--dir /tmp]
-        [--variants threads1,threads2,local] [--compare-src DIR]
+        [--variants default,cold,threads1,threads2,proc2,local] [--compare-src DIR]
 """
 
 from __future__ import annotations
@@ -93,28 +97,35 @@ def sequential_read(path: Path) -> tuple[int, float]:
 
 
 _RUN = """
-import sys
+import sys, time
+start = time.perf_counter()
 src = sys.argv[3]
 if src:  # another source tree: bypass the installed (editable) package
     sys.meta_path = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
     sys.path.insert(0, src)
     from stainbench.data.stats import recompute_store_stats
-    recompute_store_stats(sys.argv[1])
+    kwargs = {}
 else:
     from stainbench.data.stats import recompute_store_stats
     variant = sys.argv[2]
+    kwargs = {}
     if variant == "local":
-        recompute_store_stats(sys.argv[1], scheduler="local")
+        kwargs = {"scheduler": "local"}
     elif variant.startswith("proc"):
-        recompute_store_stats(sys.argv[1], processes=int(variant.removeprefix("proc")))
-    else:
-        threads = int(variant.removeprefix("threads"))
-        recompute_store_stats(sys.argv[1], threads=threads, processes=1)
+        kwargs = {"processes": int(variant.removeprefix("proc"))}
+    elif variant.startswith("threads"):
+        kwargs = {"threads": int(variant.removeprefix("threads")), "processes": 1}
+imported = time.perf_counter()
+recompute_store_stats(sys.argv[1], **kwargs)  # default, cold: what 'data stats' runs
+print("PASS", imported - start, time.perf_counter() - imported)
 """
 
 
-def stats_pass(path: Path, variant: str, src: str = "") -> tuple[float, int, float]:
-    """Wall seconds, peak RSS in bytes and CPU seconds (user + sys) of one stats run.
+def stats_pass(path: Path, variant: str, src: str = "") -> dict[str, float]:
+    """One stats run in a fresh process: wall seconds of the whole process (``process_s``),
+    of its imports (``import_s``) and of the ``recompute_store_stats`` call (``pass_s``:
+    planning, reading, decompressing, counting, writing the attributes; the first call's
+    loading of the compiled counting kernels included), its peak RSS and CPU seconds.
 
     Dask workers are separate processes: their CPU time and memory are not in these
     numbers (the ``local`` variant's RSS is the client's only); ``/usr/bin/time`` reports the
@@ -127,7 +138,15 @@ def stats_pass(path: Path, variant: str, src: str = "") -> tuple[float, int, flo
     if proc.returncode != 0:
         raise SystemExit(f"stats failed: {proc.stderr[-2000:]}")
     rss_kb, user, system = proc.stderr.strip().splitlines()[-1].split()
-    return elapsed, int(rss_kb) * 1024, float(user) + float(system)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("PASS "))
+    import_s, pass_s = (float(v) for v in line.split()[1:])
+    return {
+        "process_s": elapsed,
+        "import_s": import_s,
+        "pass_s": pass_s,
+        "peak_rss_MB": int(rss_kb) * 1024 / 1e6,
+        "cpu_s": float(user) + float(system),
+    }
 
 
 def _uptime() -> str:
@@ -142,7 +161,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument(
         "--variants",
-        default="threads1,threads2,proc2,local",
+        default="default,cold,threads1,threads2,proc2,local",
         help="stats variants, comma separated",
     )
     parser.add_argument("--compare-src", default="", help="another stainbench source tree")
@@ -171,16 +190,18 @@ def main() -> None:
                 "stats": {},
             }
             for variant in variants:
+                if variant == "cold":
+                    for f in Path("stainbench/data/__pycache__").glob("histkernels*.nb[ic]"):
+                        f.unlink()
                 evict(path)
                 src = args.compare_src if variant == "src" else ""
-                stats_s, rss, cpu_s = stats_pass(path, variant, src)
+                run = stats_pass(path, variant, src)
                 row["stats"][variant] = {
-                    "stats_s": stats_s,
-                    "stats_MBps_files": nbytes / 1e6 / stats_s,
-                    "stats_MBps_voxels": raw / 1e6 / stats_s,
-                    "ratio_read_over_stats_time": read_s / stats_s,
-                    "peak_rss_MB": rss / 1e6,
-                    "cpu_s": cpu_s,
+                    **run,
+                    "MBps_files_pass": nbytes / 1e6 / run["pass_s"],
+                    "MBps_files_process": nbytes / 1e6 / run["process_s"],
+                    "ratio_pass": read_s / run["pass_s"],
+                    "ratio_process": read_s / run["process_s"],
                     "load_after": os.getloadavg(),
                 }
                 print(variant, json.dumps(row["stats"][variant]), flush=True)

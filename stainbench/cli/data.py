@@ -309,7 +309,7 @@ def stats(
         typer.Option(
             min=1,
             help="Threads of the in-process pass (each reads, decompresses and counts its "
-            "own blocks). Default: CPU cores + 1, at most 8.",
+            "own blocks). Default: 2 per CPU core, at most 8.",
         ),
     ] = None,
 ) -> None:

@@ -37,10 +37,10 @@ from stainbench.errors import DataError
 STATS_SCHEMA_VERSION = 1
 PERCENTILES: tuple[float, ...] = (0.5, 1.0, 99.0, 99.5)
 FIELDS: tuple[str, ...] = ("mean", "std", "min", "max", "p0.5", "p1", "p99", "p99.5")
-#: Default threads of the in-process pass (no scheduler): one per core plus one, so that one
-#: thread's I/O wait is covered. Each reads, decompresses and counts its own blocks (the
+#: Default threads of the in-process pass (no scheduler): two per core, so that the threads
+#: waiting for the disk are covered. Each reads, decompresses and counts its own blocks (the
 #: compiled counting releases the GIL). At most 8: tile blocks are assembled in memory.
-IN_PROCESS_THREADS = min(8, (os.cpu_count() or 1) + 1)
+IN_PROCESS_THREADS = min(8, 2 * (os.cpu_count() or 1))
 
 
 def n_bins(dtype: np.dtype | str) -> int:
