@@ -23,8 +23,8 @@ own files only):
    also ``src`` (the default pass of another stainbench source tree, e.g. an older commit
    from ``git archive``, for before/after in one run).
 
-``ratio_pass`` / ``ratio_process`` = read time / stats time (>= 0.8 is the target). The files are deleted afterwards
-unless ``--keep``.
+``ratio_pass`` / ``ratio_process`` = read time / stats time (>= 0.8 is the target). The
+files are deleted afterwards unless ``--keep``.
 
     .venv/bin/python benchmarks/data_stats_volume.py [--sizes 4,8] [--dir /tmp]
         [--variants default,cold,threads1,threads2,proc2,local] [--compare-src DIR]
