@@ -205,6 +205,39 @@ def raw_reads(work: Path, n: int) -> dict[str, float]:
     return out
 
 
+def stage_costs(cases: dict, n: int) -> dict[str, dict[str, float]]:
+    """ms per pair of each stage of the batch pipeline, one process, batches of 16 in order:
+    fetching the batch's items (PNG: decoding; store: reading and decoding the tiles into one
+    array; both include drawing the crop/flip/rotation, timed alone as ``draw``), collation,
+    ``normalize_batch``."""
+    from torch.utils.data import default_collate
+
+    out = {}
+    for name in ("png", "zarr 1x256x256x3 (sharded 64), fast reader"):
+        ds = cases[name]()
+        stages = {"draw": 0.0, "fetch": 0.0, "collate": 0.0, "normalize": 0.0}
+        for _rep in range(2):  # the first pass warms up
+            for key in stages:
+                stages[key] = 0.0
+            for s in range(0, n, 16):
+                idx = list(range(s, min(n, s + 16)))
+                t0 = time.perf_counter()
+                for i in idx:
+                    sample_params(np.random.default_rng([0, 0, i]), TILE, TILE, TILE)
+                t1 = time.perf_counter()
+                items = ds.__getitems__(idx) if name != "png" else [ds[i] for i in idx]
+                t2 = time.perf_counter()
+                batch = default_collate(items)
+                t3 = time.perf_counter()
+                normalize_batch(batch)
+                t4 = time.perf_counter()
+                for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                    stages[key] += dt
+        out[name] = {k: v / n * 1e3 for k, v in stages.items()}
+        print(f"ms/pair, {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in out[name].items()))
+    return out
+
+
 def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -247,6 +280,7 @@ def main() -> None:
         }
         decode = raw_reads(work, args.n)
         check_same_batches(cases, args.n)
+        stages = stage_costs(cases, args.n)
         results = []
         for workers in (0, 2):
             for shuffle in (False, True):
@@ -294,6 +328,7 @@ def main() -> None:
             ).stdout.strip(),
             "bytes_on_disk": sizes,
             "decode_only_tiles_per_s": decode,
+            "stage_ms_per_pair": stages,
             "results": results,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
