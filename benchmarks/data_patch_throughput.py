@@ -4,25 +4,24 @@ The same N tile pairs (256 x 256 RGB uint8, random crops of scikit-image's IHC f
 hematoxylin-only rendering, B the original) are written as
 
 - ``png``: ``A/<i>.png`` and ``B/<i>.png`` (Pillow, default compression), read by a dataset
-  that decodes both PNGs per item and gives the same items as the store's datasets (the
-  channels-last crop, its flip/rotation code, its normalization parameters);
+  that decodes both PNGs per item and then applies the same batch step as the store's datasets;
 - ``zarr 1x256x256x3 (sharded 64)``: the store's own layout (one tile per chunk, 64 tiles per
   shard file), read by ``PairedPatchDataset`` (fast tile reader);
 - ``zarr 8x256x256x3``: eight tiles per chunk (fast reader: each chunk touched by a batch is
   decoded once per batch);
 - ``zarr 1x256x256x3 via zarr API``: the store's layout with the fast reader switched off.
 
-Every pipeline delivers **normalized float32 ``(B, 3, 256, 256)`` batches** to the consumer,
-through the same batch step (``normalize_batch``: flip/rotation, channels first and
-normalization of the whole batch in one pass). Two item pipelines, measured in the same run
-for every source:
+Every pipeline delivers **normalized float32 ``(B, 3, 256, 256)`` batches** to the consumer.
+Two item pipelines, measured in the same run for every source:
 
-- ``batch`` (the datasets' contract): ``DataLoader`` fetches a batch's items together
-  (``__getitems__``: the store's tiles decoded into one array), channels-last crops collated,
-  then ``normalize_batch`` in the consuming process (what the training loop does);
-- ``item`` (the pipeline before, for comparison): items fetched one at a time, each flipped/
-  rotated and made channels-first in the dataset (``apply_params``), collated, then
-  normalized (``normalize_raw``: float32 conversion, subtraction, division).
+- ``batch`` (the datasets now): ``DataLoader`` fetches a batch's items together
+  (``__getitems__``): the tiles decoded into one array (store: each chunk once), then cropped,
+  flipped/rotated and made channels-first in one compiled pass (``transform_batch``); the raw
+  uint8 batch is collated and ``normalize_batch`` (one compiled pass) runs in the consuming
+  process, as in the training loop;
+- ``item`` (the pipeline before this change, for comparison): items fetched one at a time,
+  each flipped/rotated and made channels-first with numpy (``apply_params``), collated, then
+  normalized with torch's float32 conversion, subtraction and division.
 
 Patches per second = pairs delivered by a ``DataLoader(batch_size=16)`` over one epoch (after
 one warm-up epoch), for ``num_workers`` 0 and 2, ``torch.set_num_threads(1)``; batches in index
@@ -50,11 +49,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from stainbench.data.augment import PatchParams, apply_params, crop, sample_params
+from stainbench.data.augment import apply_params, crop, sample_params, transform_batch
 from stainbench.data.datasets import PairedPatchDataset
 from stainbench.data.demo import load_source, render_stains
 from stainbench.data.store import create_store
-from stainbench.data.transforms import AUG_SUFFIX, NORM_SUFFIX, Normalization, normalize_batch
+from stainbench.data.transforms import NORM_SUFFIX, Normalization, normalize_batch
 from stainbench.data.writer import compressor, finalize_with_stats
 
 TILE = 256
@@ -64,49 +63,77 @@ RANGE = Normalization("range", "A", (127.5,) * 3, (127.5,) * 3)
 
 
 class PngPairs(Dataset):
-    """The PNG baseline: decode A and B, same augmentation as the store; the same items as
-    ``PairedPatchDataset`` (channels-last crop, code, normalization parameters)."""
+    """The PNG baseline: decode A and B, the same augmentation and batch step as the store's
+    datasets; the same items (raw ``(3, P, P)`` uint8 + normalization parameters)."""
 
     def __init__(self, folder: Path, n: int, seed: int = 0) -> None:
         self.folder, self.n, self.seed = folder, n, seed
         self.params = torch.from_numpy(RANGE.params())
-        self.epoch = 0
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, i])
-        params = sample_params(rng, TILE, TILE, TILE)
-        out = {}
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        params = [
+            sample_params(np.random.default_rng([self.seed, 0, i]), TILE, TILE, TILE)
+            for i in indices
+        ]
+        out: list[dict[str, torch.Tensor]] = [{} for _ in indices]
         for d in ("A", "B"):
-            with Image.open(self.folder / d / f"{i:05d}.png") as im:
-                raw = np.asarray(im)  # read-only; the batch step only reads it
-            out[d] = torch.from_numpy(crop(raw, params, TILE))
-            out[d + AUG_SUFFIX] = torch.tensor(params.code)
-            out[d + NORM_SUFFIX] = self.params
+            tiles = np.empty((len(indices), TILE, TILE, 3), dtype=np.uint8)
+            for j, i in enumerate(indices):
+                with Image.open(self.folder / d / f"{i:05d}.png") as im:
+                    tiles[j] = np.asarray(im)
+            patches = torch.from_numpy(transform_batch(tiles, params, TILE))
+            for j, item in enumerate(out):
+                item[d] = patches[j]
+                item[d + NORM_SUFFIX] = self.params
         return out
 
 
 class PerItem(Dataset):
     """The pipeline before: one item at a time (no batched fetch), each flipped/rotated and
-    made channels-first in the dataset; ``normalize_batch`` then only normalizes."""
+    made channels-first with numpy in the dataset (same pixels)."""
 
-    def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
+    def __init__(self, ds: Dataset, seed: int = 0) -> None:
+        self.ds, self.seed = ds, seed
 
     def __len__(self) -> int:
         return len(self.ds)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = self.ds[i]
+        params = sample_params(np.random.default_rng([self.seed, 0, i]), TILE, TILE, TILE)
         out = {}
         for d in ("A", "B"):
-            code = int(item[d + AUG_SUFFIX])
-            params = PatchParams(0, 0, code >= 4, code % 4)
-            out[d] = torch.from_numpy(apply_params(item[d].numpy(), params))
-            out[d + NORM_SUFFIX] = item[d + NORM_SUFFIX]
+            raw = self._tile(d, i)
+            out[d] = torch.from_numpy(apply_params(crop(raw, params, TILE), params))
+            out[d + NORM_SUFFIX] = torch.from_numpy(RANGE.params())
         return out
+
+    def _tile(self, d: str, i: int) -> np.ndarray:
+        ds = self.ds
+        if isinstance(ds, PngPairs):
+            with Image.open(ds.folder / d / f"{i:05d}.png") as im:
+                return np.asarray(im)
+        reader = ds._reader(d)  # type: ignore[attr-defined]
+        if reader is not None:
+            return reader.read_tile(i)
+        return np.asarray(ds.store.array("train", d)[i])  # type: ignore[attr-defined]
+
+
+def torch_normalize(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch normalization before this change: torch's float32 conversion, subtraction and
+    division (three passes), bit-identical to ``normalize_batch``."""
+    out = {}
+    for d in ("A", "B"):
+        p = batch[d + NORM_SUFFIX]
+        x = batch[d].to(torch.float32)
+        x.sub_(p[:, 0, :, None, None])
+        out[d] = x.div_(p[:, 1, :, None, None])
+    return out
 
 
 def make_tiles(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,8 +181,9 @@ def measure(ds: Dataset, workers: int, n: int, shuffle: bool) -> float:
         pass
     start = time.perf_counter()
     count = 0
+    step = torch_normalize if isinstance(ds, PerItem) else normalize_batch
     for batch in loader:
-        x = normalize_batch(batch)
+        x = step(batch)
         assert x["A"].dtype == torch.float32 and x["A"].shape[1:] == (3, TILE, TILE)
         count += int(x["A"].shape[0])
     elapsed = time.perf_counter() - start
@@ -170,7 +198,7 @@ def check_same_batches(cases: dict, n: int) -> None:
         for pipeline in ("batch", "item"):
             ds = make() if pipeline == "batch" else PerItem(make())
             batch = next(iter(DataLoader(ds, batch_size=min(16, n))))
-            x = normalize_batch(batch)
+            x = torch_normalize(batch) if pipeline == "item" else normalize_batch(batch)
             if ref is None:
                 ref = x
             for d in ("A", "B"):
@@ -225,7 +253,7 @@ def stage_costs(cases: dict, n: int) -> dict[str, dict[str, float]]:
                 for i in idx:
                     sample_params(np.random.default_rng([0, 0, i]), TILE, TILE, TILE)
                 t1 = time.perf_counter()
-                items = ds.__getitems__(idx) if name != "png" else [ds[i] for i in idx]
+                items = ds.__getitems__(idx)
                 t2 = time.perf_counter()
                 batch = default_collate(items)
                 t3 = time.perf_counter()

@@ -6,10 +6,10 @@ a vertical flip needs no separate flag. The transform is "flip the x axis, then 
 k x 90 degrees in the (y, x) plane" (``numpy.rot90(..., k, axes=(y, x))``); its integer
 ``code`` is ``rot90 + 4 * flip`` (0 = identity).
 
-Tile datasets do not apply it themselves: an item carries the channels-last crop as stored
-and the code, and :func:`augment_normalize` applies the transform, the move of the channels
-to the front and the normalization to a whole batch in one pass over the pixels
-(:func:`apply_params` is the per-patch numpy reference it is tested against).
+:func:`apply_params` transforms one patch with numpy (the reference); :func:`transform_batch`
+crops, transforms and moves channels first for a whole batch of tiles in one compiled pass
+(what the tile datasets use: numpy's strided byte copies with an inner dimension of 3 cost
+more than decoding the tile).
 """
 
 from __future__ import annotations
@@ -99,69 +99,31 @@ def source_affine(code: int, size: int, row_stride: int, pixel_stride: int) -> t
     )
 
 
-def augment_normalize(raw: Any, codes: Any, params: Any) -> Any:
-    """Transform, move channels first and normalize a batch of channels-last patches.
+def transform_batch(tiles: np.ndarray, params: list[PatchParams], patch: int) -> np.ndarray:
+    """Crop, flip/rotate and move channels first, for a batch of channels-last tiles.
 
-    ``raw``: integer tensor ``(B, P, P, C)`` (uint8/uint16, the stored crops); ``codes``:
-    ``(B,)`` transform codes 0..7; ``params``: float32 ``(B, 2, C)`` offsets and scales.
-    Returns a new float32 ``(B, C, P, P)`` tensor on ``raw``'s device:
-    ``(apply(raw) - offset) / scale``, bit-identical to :func:`apply_params` followed by
-    :meth:`~stainbench.data.transforms.Normalization.forward` on each patch.
-
-    uint8 batches on the CPU go through one compiled pass (numba) that reads each source pixel
-    once and looks its normalized value up in a 256-entry table per patch and channel (the
-    table holds the same float32 ``(v - offset) / scale`` the arithmetic gives); otherwise
-    (uint16, GPU tensors, numba missing) the batch is grouped by code and transformed with
-    torch operations, then normalized with a float32 subtraction and division.
+    ``tiles``: ``(B, H, W, C)`` (any dtype); ``params``: one :class:`PatchParams` per tile;
+    ``patch``: P. Returns a new C-contiguous ``(B, C, P, P)`` array of ``tiles``' dtype, equal
+    to :func:`apply_params` on each crop (a compiled pass when numba is installed; otherwise
+    :func:`apply_params` per tile).
     """
-    import torch
-
-    if raw.ndim != 4 or raw.shape[1] != raw.shape[2]:
-        raise DataError(f"patches must be (B, P, P, C) with square P x P, got {tuple(raw.shape)}")
-    b, p, _, c = (int(s) for s in raw.shape)
-    if tuple(codes.shape) != (b,) or tuple(params.shape) != (b, 2, c):
-        raise DataError(
-            f"transform codes {tuple(codes.shape)} / normalization parameters "
-            f"{tuple(params.shape)} do not fit patches {tuple(raw.shape)} "
-            f"(expected ({b},) and ({b}, 2, {c}))"
-        )
-    codes_np = np.asarray(codes.cpu() if hasattr(codes, "cpu") else codes, dtype=np.int64)
-    if b and (int(codes_np.min()) < 0 or int(codes_np.max()) >= N_CODES):
-        raise DataError(f"transform codes must be 0..{N_CODES - 1}, got {codes_np.tolist()}")
-    if b == 0:
-        return torch.empty((0, c, p, p), dtype=torch.float32, device=raw.device)
-    kernel = _kernel() if raw.device.type == "cpu" and raw.dtype == torch.uint8 else None
-    if kernel is not None:
-        src = raw.contiguous().numpy().reshape(b, p * p * c)
-        affine = np.array([source_affine(int(k), p, p * c, c) for k in codes_np], np.int64)
-        par = np.ascontiguousarray(params.cpu().numpy() if hasattr(params, "cpu") else params)
-        out = torch.empty((b, c, p, p), dtype=torch.float32)
-        kernel(src, affine, par.astype(np.float32, copy=False), out.numpy())
+    b, h, w, c = tiles.shape
+    if len(params) != b:
+        raise DataError(f"{len(params)} patch parameters for {b} tiles")
+    for par in params:
+        if not (0 <= par.y <= h - patch and 0 <= par.x <= w - patch):
+            raise DataError(f"patch {patch} at ({par.y}, {par.x}) is outside the {h}x{w} tiles")
+    out = np.empty((b, c, patch, patch), dtype=tiles.dtype)
+    kernel = _kernel()
+    if kernel is None or b == 0:
+        for j, par in enumerate(params):
+            out[j] = apply_params(crop(tiles[j], par, patch), par)
         return out
-    return _torch_path(raw, codes_np, params)
-
-
-def _torch_path(raw: Any, codes: np.ndarray, params: Any) -> Any:
-    """Grouped by code: torch flips/rotations, then float32 ``(x - offset) / scale``."""
-    import torch
-
-    b, p, _, c = (int(s) for s in raw.shape)
-    par = torch.as_tensor(params, dtype=torch.float32).to(raw.device)
-    out = torch.empty((b, c, p, p), dtype=torch.float32, device=raw.device)
-    for code in np.unique(codes):
-        rows = np.flatnonzero(codes == code)
-        idx = torch.as_tensor(rows, device=raw.device)
-        x = raw.index_select(0, idx).permute(0, 3, 1, 2)  # (n, C, P, P) view
-        if x.dtype != torch.uint8:  # exact; torch's CPU flip has no uint16 kernel
-            x = x.to(torch.float32)
-        if code >= 4:
-            x = x.flip(-1)
-        if code % 4:
-            x = torch.rot90(x, int(code % 4), dims=(-2, -1))
-        y = x.to(torch.float32, copy=True)
-        pp = par.index_select(0, idx)
-        y.sub_(pp[:, 0, :, None, None]).div_(pp[:, 1, :, None, None])
-        out.index_copy_(0, idx, y)
+    affine = np.empty((b, 3), dtype=np.int64)
+    for j, par in enumerate(params):
+        base, si, sj = source_affine(par.code, patch, w * c, c)
+        affine[j] = (base + par.y * w * c + par.x * c, si, sj)
+    kernel(np.ascontiguousarray(tiles).reshape(b, h * w * c), affine, out)
     return out
 
 
@@ -169,11 +131,11 @@ _KERNELS: dict[str, Any] = {}
 
 
 def _kernel() -> Any:
-    """The compiled uint8 pass, or None where numba is not installed."""
-    if "u8" not in _KERNELS:
+    """The compiled transform, or None where numba is not installed."""
+    if "transform" not in _KERNELS:
         try:
-            from stainbench.data._augment_kernel import augment_normalize_u8
-        except ImportError:  # numba missing: the torch path does the same, slower
-            augment_normalize_u8 = None
-        _KERNELS["u8"] = augment_normalize_u8
-    return _KERNELS["u8"]
+            from stainbench.data._augment_kernel import transform_into
+        except ImportError:  # numba missing: apply_params per tile gives the same, slower
+            transform_into = None
+        _KERNELS["transform"] = transform_into
+    return _KERNELS["transform"]

@@ -1,22 +1,21 @@
 """PyTorch datasets over a store: paired, unpaired and volume patches.
 
-Every tile item is a dict of raw patches, their transform codes and normalization parameters::
+Every item is a dict of raw patches and their normalization parameters::
 
-    {"A": (P, P, C) uint8/uint16, "A_aug": () int64, "A_norm": (2, C) float32, "B": ...}
+    {"A": (C, P, P) uint8/uint16, "A_norm": (2, C) float32, "B": ..., "B_norm": ...}
 
-``"A"`` is the crop as stored (channels last, not yet flipped or rotated: a view of the
-decoded tile, no pixel is copied per item), ``"A_aug"`` the flip/rotation code
-(:attr:`~stainbench.data.augment.PatchParams.code`, 0 = none) and ``"A_norm"`` the offsets
-and scales of the dataset's :class:`~stainbench.data.transforms.Normalization` for this patch
-(per tile in the ``percentile`` mode). :func:`~stainbench.data.transforms.normalize_batch`
-turns a collated batch into the float32 ``(B, C, P, P)`` network inputs in one pass per batch
-(flip/rotation, channels first and normalization together), bit-identical to transforming and
-normalizing each item (:meth:`normalized` does it for one item). Items depend only on
+channels first, with the stored dtype (flips and rotations are exact on integers).
+``"A_norm"`` holds the offsets and scales of the dataset's
+:class:`~stainbench.data.transforms.Normalization` for this patch (per tile in the
+``percentile`` mode). :func:`~stainbench.data.transforms.normalize_batch` turns a collated
+batch into the float32 network inputs once per batch, bit-identical to normalizing each item
+(:meth:`normalized` does it for one item). Items depend only on
 ``(seed, epoch, index)``: the random crop/flip/rotation of item ``i`` in epoch ``e`` comes from
 ``numpy.random.default_rng([seed, e, i])``. The store is opened lazily in each process, so the
 datasets can be handed to ``DataLoader(num_workers=N)``; only the chunks a patch touches are
-read. ``DataLoader`` fetches a batch through :meth:`__getitems__`, which decodes the batch's
-tiles into one array (each chunk once per batch).
+read. ``DataLoader`` fetches a batch through :meth:`__getitems__`: the batch's tiles are
+decoded into one array (each chunk once per batch), then cropped, flipped/rotated and made
+channels-first in one compiled pass (:func:`~stainbench.data.augment.transform_batch`).
 """
 
 from __future__ import annotations
@@ -30,16 +29,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from stainbench.data.augment import PatchParams, crop, sample_params
+from stainbench.data.augment import PatchParams, sample_params, transform_batch
 from stainbench.data.fastread import ChunkReader
 from stainbench.data.store import TileStore, open_store
-from stainbench.data.transforms import (
-    AUG_SUFFIX,
-    MODES,
-    NORM_SUFFIX,
-    Normalization,
-    normalize_batch,
-)
+from stainbench.data.transforms import MODES, NORM_SUFFIX, Normalization, normalize_batch
 from stainbench.errors import DataError
 
 NormalizationArg = str | Mapping[str, Normalization]
@@ -153,12 +146,12 @@ class _StoreDataset(Dataset):
     def _items(
         self, domain: str, tiles: Sequence[int], params: Sequence[PatchParams], out: list[dict]
     ) -> None:
-        """Add the raw crops, codes and normalization parameters of ``domain`` to ``out``."""
+        """Add the raw ``(C, P, P)`` patches and ``(2, C)`` normalizations to ``out``."""
         data = self._tiles(domain, tiles)
+        patches = torch.from_numpy(transform_batch(data, list(params), self.patch_size))
         shared = None if self._mode == "percentile" else self._params(domain, 0)
-        for j, (item, tile, par) in enumerate(zip(out, tiles, params, strict=True)):
-            item[domain] = torch.from_numpy(crop(data[j], par, self.patch_size))
-            item[domain + AUG_SUFFIX] = torch.tensor(par.code)
+        for j, (item, tile) in enumerate(zip(out, tiles, strict=True)):
+            item[domain] = patches[j]
             item[domain + NORM_SUFFIX] = (
                 shared if shared is not None else self._params(domain, tile)
             )

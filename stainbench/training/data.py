@@ -43,12 +43,9 @@ class ValTiles:
 class TrainingData:
     """The datasets of one run.
 
-    ``train``: raw (uint8/uint16) items as the datasets give them (tiles: channels-last
-    crops with their flip/rotation codes ``"A_aug"``; volumes: channels first) with their
-    ``"A_norm"``/``"B_norm"`` ``(2, C)`` parameters; the loop turns each batch into the float32
-    ``(B, C, P, P)`` network inputs with :func:`~stainbench.data.transforms.normalize_batch`
-    (bit-identical to transforming and normalizing each item); ``in_channels`` /
-    ``out_channels``: C of those inputs; ``val``:
+    ``train``: items ``{"A": (C_A, P, P), "B": (C_B, P, P)}`` raw (uint8/uint16) with their
+    ``"A_norm"``/``"B_norm"`` ``(2, C)`` parameters; the loop normalizes each batch with
+    :func:`~stainbench.data.transforms.normalize_batch` (bit-identical to float32 items); ``val``:
     paired whole (or centre-cropped) validation tiles with the training normalization, or
     None when the store has no paired validation split; ``norm``: ``{"A", "B"}``
     ``Normalization``; ``value_max``: the raw data's maximum (255 for uint8).
@@ -116,7 +113,7 @@ def open_training_data(recipe: Recipe, store: Path, size_multiple: int) -> Train
                 f"{size_multiple}, which the generator requires"
             )
         val = read_val_tiles(opened, size, d.val_tiles)
-    sample = train.normalized(0)
+    sample = train[0]
     return TrainingData(
         store=Path(store),
         kind=kind,
@@ -186,7 +183,7 @@ def _volume_data(recipe: Recipe, opened: Any, size_multiple: int) -> TrainingDat
         c = b.shape[1]
         centre = x[:, (x.shape[1] // c // 2) * c :][:, :c]
         val = ValTiles(A=_nhwc(centre), B=_nhwc(b), X=normalize_batch(batch)["A"])
-    sample = train.normalized(0)
+    sample = train[0]
     return TrainingData(
         store=Path(opened.path),
         kind="volume",

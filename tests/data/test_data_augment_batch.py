@@ -1,8 +1,9 @@
-"""augment_normalize: the batch step that flips/rotates, moves channels first and normalizes.
+"""The compiled batch steps: transform_batch (crop, flip/rotation, channels first) and the
+normalization loop behind normalize_raw.
 
-Reference: ``apply_params`` (numpy flips and ``np.rot90``) then ``Normalization.forward``
-(numpy float32) per patch. The compiled uint8 pass and the torch path (uint16, GPU, no numba)
-must both give it bit for bit, for every code, channel count and crop size.
+References: ``apply_params`` (numpy flips and ``np.rot90``) per patch, and torch's float32
+conversion, subtraction and division (the normalization before the compiled loop). Both must
+be matched exactly, for every code, dtype, channel count and crop.
 """
 
 from __future__ import annotations
@@ -11,64 +12,59 @@ import numpy as np
 import pytest
 import torch
 
+import stainbench.data.augment as augment
+import stainbench.data.transforms as transforms
 from stainbench.data.augment import (
     N_CODES,
     PatchParams,
-    _kernel,
-    _torch_path,
     apply_params,
-    augment_normalize,
+    crop,
     sample_params,
     source_affine,
+    transform_batch,
 )
-from stainbench.data.transforms import Normalization, normalize_batch
+from stainbench.data.transforms import Normalization, normalize_raw
 from stainbench.errors import DataError
 
 
-def _batch(dtype: type, channels: int, size: int, n: int = 16, seed: int = 0):
-    rng = np.random.default_rng(seed)
+def _tiles(dtype: type, n: int, h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
     hi = int(np.iinfo(dtype).max)
-    raw = rng.integers(0, hi, (n, size, size, channels), endpoint=True).astype(dtype)
-    codes = np.arange(n) % N_CODES
-    offsets = rng.uniform(-10, hi, (n, channels))
-    scales = rng.uniform(0.3, hi / 2, (n, channels))
-    params = np.stack([offsets, scales], 1).astype(np.float32)
-    return raw, codes, params
+    return np.random.default_rng(seed).integers(0, hi, (n, h, w, c), endpoint=True).astype(dtype)
 
 
-def _reference(raw: np.ndarray, codes: np.ndarray, params: np.ndarray) -> np.ndarray:
-    out = []
-    for b in range(raw.shape[0]):
-        code = int(codes[b])
-        chw = apply_params(raw[b], PatchParams(0, 0, code >= 4, code % 4))
-        norm = Normalization(
-            "zscore", "A", tuple(map(float, params[b, 0])), tuple(map(float, params[b, 1]))
+def _params(n: int, h: int, w: int, patch: int, seed: int = 1) -> list[PatchParams]:
+    """Random crops, every code at least once."""
+    rng = np.random.default_rng(seed)
+    return [
+        PatchParams(
+            int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1)), k >= 4, k % 4
         )
-        out.append(norm.forward(chw))
-    return np.stack(out)
-
-
-def _bits(x: torch.Tensor) -> np.ndarray:
-    return x.numpy().view(np.uint32)
+        for k in (np.arange(n) % N_CODES)
+    ]
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-@pytest.mark.parametrize(("channels", "size"), [(3, 64), (3, 7), (1, 9), (4, 16)])
-def test_both_paths_equal_numpy_transform_and_normalization(
-    dtype: type, channels: int, size: int
+@pytest.mark.parametrize(
+    ("c", "h", "w", "patch"), [(3, 70, 66, 64), (3, 9, 7, 5), (1, 12, 9, 9), (4, 16, 20, 16)]
+)
+def test_transform_batch_equals_apply_params(
+    dtype: type, c: int, h: int, w: int, patch: int
 ) -> None:
-    raw, codes, params = _batch(dtype, channels, size)
-    expected = _reference(raw, codes, params).view(np.uint32)
-    args = (torch.from_numpy(raw), torch.from_numpy(codes), torch.from_numpy(params))
-    got = augment_normalize(*args)
-    assert got.dtype == torch.float32 and tuple(got.shape) == (16, channels, size, size)
-    np.testing.assert_array_equal(_bits(got), expected)
-    np.testing.assert_array_equal(_bits(_torch_path(args[0], codes, args[2])), expected)
+    tiles = _tiles(dtype, 16, h, w, c)
+    params = _params(16, h, w, patch)
+    got = transform_batch(tiles, params, patch)
+    assert got.dtype == dtype and got.shape == (16, c, patch, patch) and got.flags.c_contiguous
+    for j, par in enumerate(params):
+        np.testing.assert_array_equal(got[j], apply_params(crop(tiles[j], par, patch), par))
 
 
-def test_the_compiled_pass_is_used_for_uint8() -> None:
-    """numba is a dependency: the uint8 CPU path must not silently fall back to torch."""
-    assert _kernel() is not None
+def test_transform_batch_without_numba_gives_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    tiles = _tiles(np.uint8, 8, 10, 10, 3)
+    params = _params(8, 10, 10, 8)
+    compiled = transform_batch(tiles, params, 8)
+    assert augment._kernel() is not None  # numba is a dependency: the compiled pass is used
+    monkeypatch.setitem(augment._KERNELS, "transform", None)
+    np.testing.assert_array_equal(transform_batch(tiles, params, 8), compiled)
 
 
 def test_codes_are_the_dihedral_group_and_affine_maps_match() -> None:
@@ -81,56 +77,66 @@ def test_codes_are_the_dihedral_group_and_affine_maps_match() -> None:
         seen.add(chw.tobytes())
         base, si, sj = source_affine(code, 5, 10, 2)
         flat = patch.reshape(-1)
-        for c in range(2):
+        for ch in range(2):
             for i in range(5):
                 for j in range(5):
-                    assert chw[c, i, j] == flat[base + i * si + j * sj + c]
+                    assert chw[ch, i, j] == flat[base + i * si + j * sj + ch]
     assert len(seen) == N_CODES  # eight different transforms
     rng = np.random.default_rng(0)
-    drawn = {sample_params(rng, 8, 8, 4).code for _ in range(200)}
-    assert drawn == set(range(N_CODES))
+    assert {sample_params(rng, 8, 8, 4).code for _ in range(200)} == set(range(N_CODES))
 
 
-def test_single_items_and_batches_agree() -> None:
-    raw, codes, params = _batch(np.uint8, 3, 12, n=5, seed=3)
-    batch = normalize_batch(
-        {
-            "A": torch.from_numpy(raw),
-            "A_aug": torch.from_numpy(codes),
-            "A_norm": torch.from_numpy(params),
-        }
-    )["A"]
-    for b in range(5):
-        item = {
-            "A": torch.from_numpy(raw[b]),
-            "A_aug": torch.tensor(int(codes[b])),
-            "A_norm": torch.from_numpy(params[b]),
-        }
-        one = normalize_batch(item)["A"]
-        assert tuple(one.shape) == (3, 12, 12)
-        np.testing.assert_array_equal(_bits(one), _bits(batch[b]))
+def test_bad_transform_arguments() -> None:
+    tiles = _tiles(np.uint8, 2, 6, 6, 3)
+    with pytest.raises(DataError, match="1 patch parameters for 2 tiles"):
+        transform_batch(tiles, [PatchParams(0, 0)], 4)
+    with pytest.raises(DataError, match=r"patch 4 at \(3, 0\) is outside the 6x6 tiles"):
+        transform_batch(tiles, [PatchParams(0, 0), PatchParams(3, 0)], 4)
+    assert transform_batch(tiles[:0], [], 4).shape == (0, 3, 4, 4)
 
 
-def test_non_contiguous_input_and_empty_batch() -> None:
-    raw, codes, params = _batch(np.uint8, 3, 20, n=4, seed=5)
-    crop = torch.from_numpy(raw)[:, 2:14, 5:17]  # crops of bigger tiles: not contiguous
-    got = augment_normalize(crop, torch.from_numpy(codes), torch.from_numpy(params))
-    expected = _reference(np.ascontiguousarray(raw[:, 2:14, 5:17]), codes, params)
-    np.testing.assert_array_equal(_bits(got), expected.view(np.uint32))
-    empty = augment_normalize(
-        torch.zeros((0, 4, 4, 3), dtype=torch.uint8),
-        torch.zeros((0,), dtype=torch.int64),
-        torch.zeros((0, 2, 3)),
-    )
-    assert tuple(empty.shape) == (0, 3, 4, 4)
+def _torch_reference(raw: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    shape = (raw.shape[0], raw.shape[1], *([1] * (raw.ndim - 2)))
+    out = raw.to(torch.float32)
+    out.sub_(params[:, 0].reshape(shape))
+    return out.div_(params[:, 1].reshape(shape))
 
 
-def test_bad_batches_are_refused() -> None:
-    raw, codes, params = _batch(np.uint8, 3, 6, n=2)
-    r, c, p = torch.from_numpy(raw), torch.from_numpy(codes), torch.from_numpy(params)
-    with pytest.raises(DataError, match="square"):
-        augment_normalize(r[:, :5], c, p)
-    with pytest.raises(DataError, match=r"do not fit patches \(2, 6, 6, 3\)"):
-        augment_normalize(r, c, p[:, :, :2])
-    with pytest.raises(DataError, match=r"transform codes must be 0\.\.7"):
-        augment_normalize(r, torch.tensor([0, 8]), p)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16])
+@pytest.mark.parametrize("shape", [(6, 3, 17, 17), (2, 9, 8, 8), (3, 3, 2, 5, 5), (4, 1, 7, 7)])
+def test_compiled_normalization_equals_torch_bit_for_bit(
+    dtype: torch.dtype, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hi = 255 if dtype == torch.uint8 else 65535
+    rng = np.random.default_rng(2)
+    raw = torch.from_numpy(rng.integers(0, hi, shape, endpoint=True).astype(np.int64)).to(dtype)
+    c = shape[1]
+    params = torch.from_numpy(
+        np.stack([rng.uniform(-10, hi, (shape[0], c)), rng.uniform(0.3, hi, (shape[0], c))], 1)
+    ).float()
+    expected = _torch_reference(raw, params)
+    assert transforms._normalize_kernel() is not None
+    got = normalize_raw(raw, params)
+    assert got.dtype == torch.float32 and got.shape == raw.shape
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
+    # a non-contiguous input (e.g. a crop) gives the same
+    wide = torch.zeros((*shape[:-1], shape[-1] + 3), dtype=dtype)
+    wide[..., 1 : 1 + shape[-1]] = raw
+    sliced = normalize_raw(wide[..., 1 : 1 + shape[-1]], params)
+    assert torch.equal(sliced.view(torch.int32), expected.view(torch.int32))
+    # and so does the torch path (numba missing, other devices)
+    monkeypatch.setitem(transforms._KERNELS, "normalize", None)
+    assert torch.equal(normalize_raw(raw, params).view(torch.int32), expected.view(torch.int32))
+
+
+def test_compiled_normalization_equals_numpy_forward_per_item() -> None:
+    rng = np.random.default_rng(4)
+    raw = rng.integers(0, 256, (5, 3, 9, 9)).astype(np.uint8)
+    norms = [
+        Normalization("zscore", "A", tuple(rng.uniform(0, 255, 3)), tuple(rng.uniform(1, 90, 3)))
+        for _ in range(5)
+    ]
+    params = torch.from_numpy(np.stack([n.params() for n in norms]))
+    got = normalize_raw(torch.from_numpy(raw), params).numpy()
+    for j, norm in enumerate(norms):
+        np.testing.assert_array_equal(got[j].view(np.uint32), norm.forward(raw[j]).view(np.uint32))

@@ -90,7 +90,7 @@ def test_unpaired_and_volume_variants(demo) -> None:
     assert un.kind == "unpaired"
     assert un.array("train", "A").shape[0] == 8 and un.array("train", "B").shape[0] == 7
     ds = UnpairedPatchDataset(demo.unpaired, "train", 32)
-    assert len(ds) == 8 and ds.normalized(0)["B"].shape == (3, 32, 32)
+    assert len(ds) == 8 and ds[0]["B"].shape == (3, 32, 32)
     vol = open_store(demo.volume)
     assert vol.kind == "volume"
     train, val = vol.volumes("train"), vol.volumes("val")
@@ -109,7 +109,7 @@ def test_unpaired_and_volume_variants(demo) -> None:
 
 def test_datasets_work_on_the_demo_store(demo) -> None:
     ds = PairedPatchDataset(demo.paired, "train", 24, normalization="zscore")
-    item = ds.normalized(0)
+    item = ds[0]
     assert item["A"].shape == item["B"].shape == (3, 24, 24)
     assert ds.manifest_hash == open_store(demo.paired).manifest_hash
 
