@@ -9,7 +9,9 @@ hematoxylin-only rendering, B the original) are written as
   shard file), read by ``PairedPatchDataset`` (fast tile reader);
 - ``zarr 8x256x256x3``: eight tiles per chunk (fast reader: each chunk touched by a batch is
   decoded once per batch);
-- ``zarr 1x256x256x3 via zarr API``: the store's layout with the fast reader switched off.
+- ``zarr 1x256x256x3 via zarr API``: the store's layout with the fast reader switched off;
+- ``in memory``: the same tiles already decoded, the same batch step: what the ``DataLoader``
+  and the batch step cost without any reading or decoding (the ceiling of every source).
 
 Every pipeline delivers **normalized float32 ``(B, 3, 256, 256)`` batches** to the consumer.
 Two item pipelines, measured in the same run for every source:
@@ -94,6 +96,35 @@ class PngPairs(Dataset):
         return out
 
 
+class InMemoryPairs(Dataset):
+    """The same tiles already decoded in memory, the same batch step: the ceiling of any
+    pipeline that delivers these batches through this ``DataLoader`` (no reading, no
+    decoding)."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, seed: int = 0) -> None:
+        self.tiles, self.seed = {"A": a, "B": b}, seed
+        self.params = torch.from_numpy(RANGE.params())
+
+    def __len__(self) -> int:
+        return len(self.tiles["A"])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        params = [
+            sample_params(np.random.default_rng([self.seed, 0, i]), TILE, TILE, TILE)
+            for i in indices
+        ]
+        out: list[dict[str, torch.Tensor]] = [{} for _ in indices]
+        for d, tiles in self.tiles.items():
+            patches = torch.from_numpy(transform_batch(tiles[indices], params, TILE))
+            for j, item in enumerate(out):
+                item[d] = patches[j]
+                item[d + NORM_SUFFIX] = self.params
+        return out
+
+
 class PerItem(Dataset):
     """The pipeline before: one item at a time (no batched fetch), each flipped/rotated and
     made channels-first with numpy in the dataset (same pixels)."""
@@ -115,6 +146,8 @@ class PerItem(Dataset):
 
     def _tile(self, d: str, i: int) -> np.ndarray:
         ds = self.ds
+        if isinstance(ds, InMemoryPairs):
+            return ds.tiles[d][i]
         if isinstance(ds, PngPairs):
             with Image.open(ds.folder / d / f"{i:05d}.png") as im:
                 return np.asarray(im)
@@ -299,12 +332,14 @@ def main() -> None:
             "zarr 8x256x256x3, fast reader": lambda: PairedPatchDataset(
                 work / "chunk8.zarr", "train", TILE, augment=True
             ),
+            "in memory (no reading or decoding)": lambda: InMemoryPairs(a, b),
         }
         sizes = {
             "png": du(work / "png"),
             "zarr 1x256x256x3 (sharded 64), fast reader": du(work / "sharded.zarr"),
             "zarr 1x256x256x3 (sharded 64), zarr API": du(work / "sharded.zarr"),
             "zarr 8x256x256x3, fast reader": du(work / "chunk8.zarr"),
+            "in memory (no reading or decoding)": 0,
         }
         decode = raw_reads(work, args.n)
         check_same_batches(cases, args.n)
@@ -313,7 +348,7 @@ def main() -> None:
         for workers in (0, 2):
             for shuffle in (False, True):
                 for name, make in cases.items():
-                    if shuffle and "zarr API" in name:
+                    if shuffle and ("zarr API" in name or "memory" in name):
                         continue
                     for pipeline in ("item", "batch"):
                         ds = make() if pipeline == "batch" else PerItem(make())
