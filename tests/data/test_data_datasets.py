@@ -190,8 +190,10 @@ def test_fast_and_zarr_paths_give_identical_items(paired) -> None:
         assert torch.equal(fast[i]["A"], slow[i]["A"]) and torch.equal(fast[i]["B"], slow[i]["B"])
 
 
-@pytest.mark.parametrize("chunk", [1, 3])
-def test_batched_reads_match_zarr_for_any_chunking(tmp_path: Path, chunk: int) -> None:
+@pytest.mark.parametrize(("chunk", "shard"), [(1, None), (3, None), (1, 4)])
+def test_batched_reads_match_zarr_for_any_chunking(
+    tmp_path: Path, chunk: int, shard: int | None
+) -> None:
     """Tiles of a batch decoded together (several tiles per chunk: each chunk once; a chunk
     never written: the fill value) equal zarr's, item for item, normalized bit for bit."""
     from stainbench.data.writer import compressor, finalize_with_stats
@@ -206,10 +208,11 @@ def test_batched_reads_match_zarr_for_any_chunking(tmp_path: Path, chunk: int) -
             shape=values.shape,
             dtype="uint8",
             chunks=(chunk, 12, 14, 3),
+            shards=(shard, 12, 14, 3) if shard else None,
             compressors=compressor(),
             fill_value=0,
         )
-        arr[:9] = values[:9]  # the chunk of tile 9 is never written (tile 9 = fill value)
+        arr[:9] = values[:9]  # the chunk (shard) of tile 9 is never written: fill value
     finalize_with_stats(group, path, "paired", {"test": "chunking"})
     fast = PairedPatchDataset(path, "train", 10, seed=3)
     slow = PairedPatchDataset(path, "train", 10, seed=3)
