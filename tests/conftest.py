@@ -4,17 +4,26 @@
   ``tensorrt`` package, each with the reason in the skip message.
 - ``shared_data`` points at ``../shared/data`` (real histology images kept beside the project);
   tests that need it are skipped with a clear reason when it is absent.
+- Ctrl-C tests send a real SIGINT to child processes. A shell starts background jobs
+  (``make test &``, ``nohup``) with SIGINT ignored, children inherit that across exec, and
+  Python then keeps ignoring it (no KeyboardInterrupt), so those tests would hang or run to
+  the end. The suite therefore restores Python's SIGINT handler in this process when it finds
+  SIGINT ignored; children then start with the default disposition again.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import signal
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # started as a background job
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _has_cuda() -> bool:

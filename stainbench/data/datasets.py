@@ -20,7 +20,6 @@ channels-first in one compiled pass (:func:`~stainbench.data.augment.transform_b
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from stainbench.data.augment import PatchParams, sample_params, transform_batch
-from stainbench.data.fastread import ChunkReader
+from stainbench.data.fastread import TileReader
 from stainbench.data.store import TileStore, open_store
 from stainbench.data.transforms import MODES, NORM_SUFFIX, Normalization, normalize_batch
 from stainbench.errors import DataError
@@ -65,7 +64,7 @@ class _StoreDataset(Dataset):
         self.augment = (split == "train") if augment is None else bool(augment)
         self.manifest_hash = opened.manifest_hash
         self._store: TileStore | None = None
-        self._readers: dict[str, _BatchReader | None] = {}
+        self._readers: dict[str, TileReader | None] = {}
         self.fast_read = True
         self._per_image: dict[str, np.ndarray | None] = {}
         self._mode = normalization if isinstance(normalization, str) else None
@@ -108,12 +107,12 @@ class _StoreDataset(Dataset):
             self._store = open_store(self.path)
         return self._store
 
-    def _reader(self, domain: str) -> _BatchReader | None:
+    def _reader(self, domain: str) -> TileReader | None:
         """The fast tile reader of a domain (None: read through zarr)."""
         if not self.fast_read:
             return None
         if domain not in self._readers:
-            self._readers[domain] = _BatchReader.for_array(self.path / self.split / domain)
+            self._readers[domain] = TileReader.for_array(self.path / self.split / domain)
         return self._readers[domain]
 
     def _tiles(self, domain: str, tiles: Sequence[int]) -> np.ndarray:
@@ -277,73 +276,6 @@ class UnpairedPatchDataset(_StoreDataset):
         out: list[dict[str, torch.Tensor]] = [{} for _ in ia]
         self._items("A", ia, pa, out)
         self._items("B", ib, pb, out)
-        return out
-
-
-class _BatchReader(ChunkReader):
-    """:class:`ChunkReader` that decodes the tiles of a batch into one array.
-
-    Allocating a fresh buffer per decoded tile costs more than decoding it (on this machine
-    the allocator returns the freed memory to the system after every batch and takes page
-    faults on the next), so whole-tile chunks are decoded straight into their place in one
-    ``(n, H, W, C)`` array per batch, and chunks of several tiles into one reused buffer, once
-    per batch however many of their tiles the batch uses.
-    """
-
-    _target: np.ndarray | None = None  # set only while _chunk_into decodes
-
-    def _decode(self, data: bytes) -> np.ndarray:
-        target = self._target
-        if target is None:
-            return super()._decode(data)
-        import numcodecs.blosc
-
-        previous = numcodecs.blosc.use_threads
-        numcodecs.blosc.use_threads = False  # one chunk: Blosc's threads only add overhead
-        try:
-            numcodecs.blosc.decompress(data, target)
-        finally:
-            numcodecs.blosc.use_threads = previous
-        return target.view(self.dtype.newbyteorder("<")).reshape(self.chunks)
-
-    def _chunk_into(self, coords: tuple[int, ...], target: np.ndarray) -> np.ndarray:
-        """Chunk ``coords`` decoded into ``target`` (chunk-sized, C-contiguous), as the
-        chunk-shaped result (``target`` itself unless the chunk is missing: fill value)."""
-        self._target = target.reshape(-1).view(np.uint8)
-        try:
-            return self.read_chunk(coords)
-        finally:
-            self._target = None
-
-    def read_tiles(self, tiles: Sequence[int]) -> np.ndarray:
-        """Tiles ``tiles`` of an ``(N, H, W, C)`` array as one new ``(n, H, W, C)`` array."""
-        n = len(tiles)
-        out = np.empty((n, *self.shape[1:]), dtype=self.dtype)
-        whole = tuple(self.chunks[1:]) == tuple(self.shape[1:])
-        if not whole or sys.byteorder != "little":  # decoding in place needs native order
-            for j, t in enumerate(tiles):
-                out[j] = self.read_tile(int(t))
-            return out
-        zeros = (0,) * (len(self.shape) - 1)
-        step = self.chunks[0]
-        if step == 1:
-            for j, t in enumerate(tiles):
-                if not 0 <= t < self.shape[0]:
-                    raise IndexError(t)
-                got = self._chunk_into((int(t), *zeros), out[j : j + 1])
-                if not np.may_share_memory(got, out):
-                    out[j] = got[0]
-            return out
-        buffer = np.empty(self.chunks, dtype=self.dtype)
-        by_chunk: dict[int, list[int]] = {}
-        for j, t in enumerate(tiles):
-            if not 0 <= t < self.shape[0]:
-                raise IndexError(t)
-            by_chunk.setdefault(int(t) // step, []).append(j)
-        for k, rows in by_chunk.items():
-            chunk = self._chunk_into((k, *zeros), buffer)
-            for j in rows:
-                out[j] = chunk[int(tiles[j]) - k * step]
         return out
 
 

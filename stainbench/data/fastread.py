@@ -19,7 +19,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,28 +107,35 @@ class ChunkReader:
 
     # -- chunks ----------------------------------------------------------------------------
 
-    def read_chunk(self, coords: tuple[int, ...]) -> np.ndarray:
-        """The chunk at grid ``coords``: a full chunk-shaped array (edge chunks padded)."""
+    def read_chunk(self, coords: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+        """The chunk at grid ``coords``: a full chunk-shaped array (edge chunks padded).
+
+        ``out``: decode into this C-contiguous, chunk-shaped array of the array's dtype
+        instead of a new one (callers that decode many chunks save the allocation, which on
+        this machine costs as much as decoding); the result is then ``out`` itself.
+        """
+        if out is not None:
+            self._check_out(out)
         if self.shards is None:
             try:
                 with open(self._key(coords), "rb") as fh:
                     data = fh.read()
             except FileNotFoundError:
-                return self._fill()
-            return self._decode(data)
+                return self._fill(out)
+            return self._decode(data, out)
         shard = tuple(c // r for c, r in zip(coords, self._inner, strict=True))
         inner = tuple(c % r for c, r in zip(coords, self._inner, strict=True))
         path = self._key(shard)
         index = self._index(shard, path)
         if index is None:
-            return self._fill()
+            return self._fill(out)
         offset, nbytes = (int(v) for v in index[int(np.ravel_multi_index(inner, self._inner))])
         if offset == _EMPTY and nbytes == _EMPTY:
-            return self._fill()
+            return self._fill(out)
         with open(path, "rb") as fh:
             fh.seek(offset)
             data = fh.read(nbytes)
-        return self._decode(data)
+        return self._decode(data, out)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """``array[region]`` for plain slices (step 1); missing axes mean the whole axis."""
@@ -180,6 +188,39 @@ class ChunkReader:
             return self.read_chunk((n, *([0] * (len(self.shape) - 1))))[0]
         return self.read((slice(n, n + 1),))[0]
 
+    def read_tiles(self, tiles: Sequence[int]) -> np.ndarray:
+        """Tiles ``tiles`` of an ``(N, H, W, C)`` array as one new ``(n, H, W, C)`` array.
+
+        For whole-tile chunks every chunk is decoded straight into its place in the output
+        (allocating a fresh buffer per tile costs more than decoding it here: the allocator
+        returns freed memory to the system and pays page faults on the next batch); chunks of
+        several tiles are decoded once each into one reused buffer, however many of their tiles
+        are asked for.
+        """
+        out = np.empty((len(tiles), *self.shape[1:]), dtype=self.dtype)
+        for t in tiles:
+            if not 0 <= t < self.shape[0]:
+                raise IndexError(t)
+        if tuple(self.chunks[1:]) != tuple(self.shape[1:]):
+            for j, t in enumerate(tiles):
+                out[j] = self.read_tile(int(t))
+            return out
+        zeros = (0,) * (len(self.shape) - 1)
+        step = self.chunks[0]
+        if step == 1:
+            for j, t in enumerate(tiles):
+                self.read_chunk((int(t), *zeros), out=out[j : j + 1])
+            return out
+        buffer = np.empty(self.chunks, dtype=self.dtype)
+        by_chunk: dict[int, list[int]] = {}
+        for j, t in enumerate(tiles):
+            by_chunk.setdefault(int(t) // step, []).append(j)
+        for k, rows in by_chunk.items():
+            chunk = self.read_chunk((k, *zeros), out=buffer)
+            for j in rows:
+                out[j] = chunk[int(tiles[j]) - k * step]
+        return out
+
     # -- internals -------------------------------------------------------------------------
 
     def _key(self, coords: tuple[int, ...]) -> str:
@@ -202,7 +243,19 @@ class ChunkReader:
         self._index_cache[shard] = index
         return index
 
-    def _decode(self, data: bytes) -> np.ndarray:
+    def _check_out(self, out: np.ndarray) -> None:
+        if (
+            out.shape != tuple(self.chunks)
+            or out.dtype != self.dtype
+            or not out.flags.c_contiguous
+            or not out.flags.writeable
+        ):
+            raise ValueError(
+                f"out must be a writeable C-contiguous {self.dtype} array of shape "
+                f"{tuple(self.chunks)}, got {out.dtype} {out.shape}"
+            )
+
+    def _decode(self, data: bytes, out: np.ndarray | None = None) -> np.ndarray:
         import numcodecs.blosc
 
         # Blosc's own threads only add overhead for one chunk (and fight DataLoader workers
@@ -210,14 +263,23 @@ class ChunkReader:
         previous = numcodecs.blosc.use_threads
         numcodecs.blosc.use_threads = False
         try:
+            if out is not None and (self.dtype.itemsize == 1 or sys.byteorder == "little"):
+                numcodecs.blosc.decompress(data, out.reshape(-1).view(np.uint8))
+                return out
             raw = self._blosc.decode(data)
         finally:
             numcodecs.blosc.use_threads = previous
-        arr = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"))
-        return arr.reshape(self.chunks).astype(self.dtype, copy=False)
+        arr = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<")).reshape(self.chunks)
+        if out is None:
+            return arr.astype(self.dtype, copy=False)
+        out[...] = arr  # big-endian machine: byte-swapping copy
+        return out
 
-    def _fill(self) -> np.ndarray:
-        return np.full(self.chunks, self.fill_value, dtype=self.dtype)
+    def _fill(self, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            return np.full(self.chunks, self.fill_value, dtype=self.dtype)
+        out.fill(self.fill_value)
+        return out
 
 
 #: The name the patch datasets use (one tile per chunk).

@@ -169,12 +169,25 @@ def test_fast_tile_reader_matches_zarr(tmp_path: Path, shards: bool) -> None:
             np.testing.assert_array_equal(reader.read_tile(n), arr[n])
         region = (slice(30, 67), slice(2, 9), slice(0, 5))
         np.testing.assert_array_equal(reader.read(region), arr[region])
+        picks = [64, 3, 66, 3, 0]  # repeats, unwritten tiles, any order
+        np.testing.assert_array_equal(
+            reader.read_tiles(picks), data[picks] * (np.array(picks) < 65)[:, None, None, None]
+        )
+        buf = np.full((1, 9, 11, 3), 5, dtype=dtype)
+        assert reader.read_chunk((7, 0, 0, 0), out=buf) is buf  # decoded in place
+        np.testing.assert_array_equal(buf[0], data[7])
+        assert reader.read_chunk((68, 0, 0, 0), out=buf) is buf and (buf == 0).all()  # missing
+        with pytest.raises(ValueError, match="out must be a writeable C-contiguous"):
+            reader.read_chunk((7, 0, 0, 0), out=np.empty((1, 9, 11, 3), dtype=np.float32))
+        with pytest.raises(IndexError):
+            reader.read_tiles([70])
     multi = g.create_array(
         "y", shape=(4, 9, 11, 3), dtype="u1", chunks=(2, 9, 11, 3), compressors=compressor()
     )
     multi[...] = 7
     y = TileReader.for_array(tmp_path / f"uint16{shards}.zarr" / "y")
     assert y is not None and (y.read_tile(3) == 7).all()  # several tiles per chunk
+    assert (y.read_tiles([3, 0, 2]) == 7).all()
     default = g.create_array("z", shape=(2, 4, 4, 1), dtype="u1", chunks=(1, 4, 4, 1))
     default[...] = 1  # zarr's default codec (zstd) is not our layout: zarr is used instead
     assert TileReader.for_array(tmp_path / f"uint16{shards}.zarr" / "z") is None
