@@ -5,6 +5,22 @@ lowest resolution (reflection padding), ``n_downsampling`` upsampling steps and 
 ``n_blocks=9, base_width=64`` is the classic ``resnet_9blocks`` (11.4 M parameters),
 ``n_blocks=6`` ``resnet_6blocks``. Tile height and width must be multiples of
 ``2**n_downsampling`` (``size_multiple``, 4 by default).
+
+Colour heads (not in the classic model; they need ``residual=True``) replace the upsampling
+path and the 7x7 head: the residual blocks' features at the lowest resolution feed a 1x1
+convolution, and the output keeps every detail of the input, only its colours change (a
+stain-transfer generator that recolours but cannot paint texture, and is much cheaper than
+the full head):
+
+- ``head="shift"``: a per-channel offset field ``b``, bilinearly upsampled by
+  ``2**n_downsampling``: ``y = x + tanh(b)``;
+- ``head="affine"``: a gain and an offset field: ``y = x + tanh(a * x + b)``;
+- ``head="global"``: one gain and one offset per channel and image (the 1x1 convolution's
+  spatial mean plus a linear function of the input's mean colour, which the instance norms
+  remove from the features): ``y = x + tanh(a * x + b)`` with ``a``, ``b`` constant over the
+  image, i.e. a learnt, image-dependent per-channel colour curve.
+
+All three start as the identity (zeroed last layers).
 """
 
 from __future__ import annotations
@@ -13,6 +29,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from stainbench.models.layers import (
     NormName,
@@ -26,6 +43,8 @@ from stainbench.models.layers import (
     zero_last_conv,
 )
 from stainbench.models.registry import register_model
+
+HeadName = Literal["full", "shift", "affine", "global"]
 
 
 class ResidualBlock(nn.Module):
@@ -58,6 +77,9 @@ class ResnetGenerator(nn.Module):
 
     ``residual=True`` (not in the classic model) returns ``x + f(x)``, see ``UNet``.
     ``transpose_impl`` only picks how the transposed convolutions are computed (same math).
+    ``head``: ``"full"`` (the classic decoder) or a colour head, ``"shift"``, ``"affine"``
+    or ``"global"`` (module docstring; ``upsample``/``transpose_impl``/``final`` do not
+    apply to them).
     """
 
     def __init__(
@@ -73,14 +95,21 @@ class ResnetGenerator(nn.Module):
         transpose_impl: TransposeImpl = "auto",
         final: Literal["tanh", "none"] = "tanh",
         residual: bool = False,
+        head: HeadName = "full",
     ) -> None:
         super().__init__()
         if n_blocks < 0 or n_downsampling < 0 or base_width < 1:
             raise ValueError("n_blocks and n_downsampling must be >= 0, base_width >= 1")
         if residual and in_channels != out_channels:
             raise ValueError("residual needs in_channels == out_channels")
+        if head not in ("full", "shift", "affine", "global"):
+            raise ValueError(f"head must be 'full', 'shift', 'affine' or 'global', got {head!r}")
+        if head != "full" and not residual:
+            raise ValueError(f"head {head!r} adds a colour field to the input: needs residual=True")
         self.size_multiple: int = 2**n_downsampling
         self.residual = residual
+        self.head = head
+        self.field_channels = {"full": 0, "shift": 1, "affine": 2, "global": 2}[head]
         bias = conv_bias(norm)
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
@@ -97,6 +126,16 @@ class ResnetGenerator(nn.Module):
             ]
             width *= 2
         layers += [ResidualBlock(width, norm, dropout) for _ in range(n_blocks)]
+        if self.field_channels:
+            layers.append(nn.Conv2d(width, self.field_channels * out_channels, 1))
+            self.model = nn.Sequential(*layers)
+            if head == "global":  # the input's mean colour, which the instance norms remove
+                self.colour = nn.Conv2d(in_channels, 2 * out_channels, 1)
+            init_weights(self)
+            zero_last_conv(self)  # start as the identity
+            if head == "global":
+                zero_last_conv(self.model)
+            return
         for _ in range(n_downsampling):
             layers += [
                 upsample_conv(
@@ -123,6 +162,17 @@ class ResnetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
+        if self.head == "global":
+            out = out.mean(dim=(2, 3), keepdim=True) + self.colour(x.mean(dim=(2, 3), keepdim=True))
+        if self.field_channels:
+            if self.size_multiple > 1 and self.head != "global":
+                out = F.interpolate(
+                    out, scale_factor=self.size_multiple, mode="bilinear", align_corners=False
+                )
+            if self.field_channels == 2:
+                gain, offset = out.chunk(2, dim=1)
+                return x + torch.tanh(gain * x + offset)
+            return x + torch.tanh(out)
         return x + out if self.residual else out
 
 
@@ -143,6 +193,7 @@ def resnet(
     transpose_impl: TransposeImpl = "auto",
     final: Literal["tanh", "none"] = "tanh",
     residual: bool = False,
+    head: HeadName = "full",
 ) -> ResnetGenerator:
     """ResNet generator; ``n_blocks=9`` is resnet_9blocks, ``n_blocks=6`` resnet_6blocks."""
     return ResnetGenerator(
@@ -157,4 +208,5 @@ def resnet(
         transpose_impl=transpose_impl,
         final=final,
         residual=residual,
+        head=head,
     )
