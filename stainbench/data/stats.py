@@ -37,6 +37,8 @@ from stainbench.errors import DataError
 STATS_SCHEMA_VERSION = 1
 PERCENTILES: tuple[float, ...] = (0.5, 1.0, 99.0, 99.5)
 FIELDS: tuple[str, ...] = ("mean", "std", "min", "max", "p0.5", "p1", "p99", "p99.5")
+#: Bins (bytes) of per-item histograms held at once while a block is counted.
+_PER_ITEM_BYTES = 16 << 20
 #: Default threads of the in-process pass (no scheduler): two per core, so that the threads
 #: waiting for the disk are covered. Each reads, decompresses and counts its own blocks (the
 #: compiled counting releases the GIL). At most 8: tile blocks are assembled in memory.
@@ -184,11 +186,23 @@ def run_block(store_path: str, block: Block) -> BlockResult:
 
 
 def histogram_block(block: Block, data: np.ndarray) -> BlockResult:
-    """Histogram the pixels ``data`` of ``block`` (already read)."""
-    if block.per_item:
-        per = batch_histograms(data)
-        return BlockResult(block, per.sum(axis=0), summarize(per), data.dtype.name)
-    return BlockResult(block, channel_histograms(data), None, data.dtype.name)
+    """Histogram the pixels ``data`` of ``block`` (already read).
+
+    Per-item histograms are built a group of items at a time, at most ``_PER_ITEM_BYTES`` of
+    bins (uint16 tiles have 65,536 bins per channel: 1.5 MB per RGB tile), so the memory per
+    block stays bounded whatever the block's item count.
+    """
+    if not block.per_item:
+        return BlockResult(block, channel_histograms(data), None, data.dtype.name)
+    c = data.shape[-1]
+    total = np.zeros((c, n_bins(data.dtype)), dtype=np.int64)
+    group = max(1, _PER_ITEM_BYTES // total.nbytes)
+    summaries = [np.zeros((0, c, len(FIELDS)))]
+    for start in range(0, len(data), group):
+        per = batch_histograms(data[start : start + group])
+        total += per.sum(axis=0)
+        summaries.append(summarize(per))
+    return BlockResult(block, total, np.concatenate(summaries), data.dtype.name)
 
 
 def plan_blocks(store: Any, max_block_bytes: int = 32 << 20) -> list[Block]:

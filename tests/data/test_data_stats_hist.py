@@ -131,3 +131,18 @@ def test_chunk_parts_cover_a_misaligned_region_exactly(volume_store: Path) -> No
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(reader.read(region), expected)
     assert list(reader.iter_region((slice(4, 4),))) == []
+
+
+@pytest.mark.parametrize("budget", [1, 3 * 2 * 65536 * 8, 1 << 30])  # 1, 3 or 7 items a group
+def test_per_item_blocks_are_counted_in_bounded_groups(
+    monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    rng = np.random.default_rng(9)
+    tiles = rng.integers(0, 65536, (7, 5, 4, 2)).astype(np.uint16)
+    block = stats.Block("train/A", ((0, 7),), "A", ("train",), None, True)
+    monkeypatch.setattr(stats, "_PER_ITEM_BYTES", budget)
+    got = stats.histogram_block(block, tiles)
+    per = batch_histograms(tiles)
+    np.testing.assert_array_equal(got.hist, per.sum(axis=0))
+    np.testing.assert_array_equal(got.per_item, summarize(per))
+    assert got.per_item.shape == (7, 2, len(stats.FIELDS))
