@@ -38,8 +38,9 @@ lint: venv
 
 # The main job, end to end on the built-in demo set and the embedded Triton server.
 # Each stage is a file target: a second `make demo` reuses the data set, the trained runs and
-# the exported models it already has, and only serves, compares and load-tests again.
-# `make clean-demo` starts over.
+# the exported models it already has, and only serves, compares and load-tests again. A changed
+# demo-set generator (stainbench/data/demo.py) remakes the data set and everything after it;
+# a changed recipe retrains its family. `make clean-demo` starts over.
 REPO ?= model_repository
 DEMO_DATA := $(DEMO_OUT)/data/paired.zarr
 DATA_DONE := $(DEMO_OUT)/data/.done
@@ -56,7 +57,7 @@ demo: venv $(EXPORTED)
 		--out $(DEMO_OUT)/loadtest
 	@echo "demo finished: report in $(DEMO_OUT)/compare/report.md, models in $(REPO)/"
 
-$(DATA_DONE): | $(STAMP)
+$(DATA_DONE): stainbench/data/demo.py | $(STAMP)
 	$(SB) data demo $(DEMO_OUT)/data --force
 	$(SB) data info $(DEMO_OUT)/data
 	@touch $@
