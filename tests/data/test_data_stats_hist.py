@@ -74,6 +74,7 @@ def test_threaded_pass_gives_identical_statistics(
     monkeypatch.setattr(stats, "plan_blocks", lambda s: orig(s, max_block_bytes=4000))
     got = compute_store_stats(store, threads=threads, processes=processes)
     assert got.n_blocks > 20 and ref.n_blocks < got.n_blocks
+    assert got.nbytes == ref.nbytes == 12 * 40 * 36 * 2 * 2  # every voxel once (uint16)
     assert got.stats == ref.stats
     vol = np.asarray(store.volume_array("v", "A")[...]).astype(np.float64)
     for c in range(2):
