@@ -44,6 +44,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,25 @@ TILE = 256
 RANGE = Normalization("range", "A", (127.5,) * 3, (127.5,) * 3)
 
 
+def batch_items(
+    indices: list[int],
+    seed: int,
+    tiles_of: Callable[[str], np.ndarray],
+    norm_params: torch.Tensor,
+) -> list[dict[str, torch.Tensor]]:
+    """The items of one batch, as the store's datasets build them: the same random
+    crop/flip/rotation per index (seeded like theirs), one compiled transform pass per domain
+    over ``tiles_of(domain)`` (the batch's ``(n, TILE, TILE, 3)`` uint8 tiles)."""
+    params = [sample_params(np.random.default_rng([seed, 0, i]), TILE, TILE, TILE) for i in indices]
+    out: list[dict[str, torch.Tensor]] = [{} for _ in indices]
+    for d in ("A", "B"):
+        patches = torch.from_numpy(transform_batch(tiles_of(d), params, TILE))
+        for j, item in enumerate(out):
+            item[d] = patches[j]
+            item[d + NORM_SUFFIX] = norm_params
+    return out
+
+
 class PngPairs(Dataset):
     """The PNG baseline: decode A and B, the same augmentation and batch step as the store's
     datasets; the same items (raw ``(3, P, P)`` uint8 + normalization parameters)."""
@@ -79,21 +99,14 @@ class PngPairs(Dataset):
         return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
-        params = [
-            sample_params(np.random.default_rng([self.seed, 0, i]), TILE, TILE, TILE)
-            for i in indices
-        ]
-        out: list[dict[str, torch.Tensor]] = [{} for _ in indices]
-        for d in ("A", "B"):
+        def decoded(d: str) -> np.ndarray:
             tiles = np.empty((len(indices), TILE, TILE, 3), dtype=np.uint8)
             for j, i in enumerate(indices):
                 with Image.open(self.folder / d / f"{i:05d}.png") as im:
                     tiles[j] = np.asarray(im)
-            patches = torch.from_numpy(transform_batch(tiles, params, TILE))
-            for j, item in enumerate(out):
-                item[d] = patches[j]
-                item[d + NORM_SUFFIX] = self.params
-        return out
+            return tiles
+
+        return batch_items(indices, self.seed, decoded, self.params)
 
 
 class InMemoryPairs(Dataset):
@@ -112,17 +125,7 @@ class InMemoryPairs(Dataset):
         return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
-        params = [
-            sample_params(np.random.default_rng([self.seed, 0, i]), TILE, TILE, TILE)
-            for i in indices
-        ]
-        out: list[dict[str, torch.Tensor]] = [{} for _ in indices]
-        for d, tiles in self.tiles.items():
-            patches = torch.from_numpy(transform_batch(tiles[indices], params, TILE))
-            for j, item in enumerate(out):
-                item[d] = patches[j]
-                item[d + NORM_SUFFIX] = self.params
-        return out
+        return batch_items(indices, self.seed, lambda d: self.tiles[d][indices], self.params)
 
 
 class PerItem(Dataset):
