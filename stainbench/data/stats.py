@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from stainbench.data.histkernels import ChannelCounter, count_items
 from stainbench.errors import DataError
 
 STATS_SCHEMA_VERSION = 1
@@ -57,6 +56,8 @@ def n_bins(dtype: np.dtype | str) -> int:
 
 def channel_histograms(x: np.ndarray) -> np.ndarray:
     """Per-channel histogram of ``x`` (``(..., C)`` uint8/uint16): int64 ``(C, bins)``."""
+    from stainbench.data.histkernels import ChannelCounter  # numba: loaded when counting
+
     counter = ChannelCounter(x.shape[-1], n_bins(x.dtype))
     counter.add(x)
     return counter.totals()
@@ -68,6 +69,8 @@ def batch_histograms(x: np.ndarray) -> np.ndarray:
     b, c = x.shape[0], x.shape[-1]
     out = np.zeros((b, c, bins), dtype=np.int64)
     if x.size:
+        from stainbench.data.histkernels import count_items
+
         count_items(np.ascontiguousarray(x).reshape(b, -1, c), out)
     return out
 
@@ -175,6 +178,8 @@ def run_block(store_path: str, block: Block) -> BlockResult:
     if reader is not None:
         if block.per_item:
             return histogram_block(block, reader.read(sl))
+        from stainbench.data.histkernels import ChannelCounter
+
         counter = ChannelCounter(reader.shape[-1], n_bins(reader.dtype))
         for _, part in reader.iter_region(sl):
             counter.add(part)
