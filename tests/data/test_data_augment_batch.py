@@ -45,7 +45,16 @@ def _params(n: int, h: int, w: int, patch: int, seed: int = 1) -> list[PatchPara
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 @pytest.mark.parametrize(
-    ("c", "h", "w", "patch"), [(3, 70, 66, 64), (3, 9, 7, 5), (1, 12, 9, 9), (4, 16, 20, 16)]
+    ("c", "h", "w", "patch"),
+    # 8-bit RGB with P % 8 == 0 takes the de-interleave + 8x8 transpose route
+    [
+        (3, 70, 66, 64),
+        (3, 260, 258, 256),
+        (3, 9, 7, 5),
+        (3, 20, 20, 12),
+        (1, 12, 9, 9),
+        (4, 16, 20, 16),
+    ],
 )
 def test_transform_batch_equals_apply_params(
     dtype: type, c: int, h: int, w: int, patch: int
