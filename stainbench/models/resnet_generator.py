@@ -43,6 +43,7 @@ from stainbench.models.layers import (
     zero_last_conv,
 )
 from stainbench.models.registry import register_model
+from stainbench.models.thin_conv import ThinConv2d
 
 HeadName = Literal["full", "shift", "affine", "global"]
 
@@ -152,7 +153,9 @@ class ResnetGenerator(nn.Module):
             width //= 2
         layers += [
             nn.ReflectionPad2d(3),
-            nn.Conv2d(width, out_channels, 7),
+            # few output channels: computed as row convolutions + a column sum (same math,
+            # 2.5-3x faster forward on CPU; see stainbench/models/thin_conv.py)
+            ThinConv2d(width, out_channels, 7, impl="rows"),
             final_activation(final),
         ]
         self.model = nn.Sequential(*layers)
