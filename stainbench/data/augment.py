@@ -99,13 +99,16 @@ def source_affine(code: int, size: int, row_stride: int, pixel_stride: int) -> t
     )
 
 
-def transform_batch(tiles: np.ndarray, params: list[PatchParams], patch: int) -> np.ndarray:
+def transform_batch(
+    tiles: np.ndarray, params: list[PatchParams], patch: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """Crop, flip/rotate and move channels first, for a batch of channels-last tiles.
 
     ``tiles``: ``(B, H, W, C)`` (any dtype); ``params``: one :class:`PatchParams` per tile;
-    ``patch``: P. Returns a new C-contiguous ``(B, C, P, P)`` array of ``tiles``' dtype, equal
+    ``patch``: P. Returns a C-contiguous ``(B, C, P, P)`` array of ``tiles``' dtype, equal
     to :func:`apply_params` on each crop (a compiled pass when numba is installed; otherwise
-    :func:`apply_params` per tile).
+    :func:`apply_params` per tile): a new one, or ``out`` (a writeable C-contiguous array of
+    that shape and dtype, e.g. a batch slot in shared memory) filled in place.
     """
     b, h, w, c = tiles.shape
     if len(params) != b:
@@ -113,7 +116,18 @@ def transform_batch(tiles: np.ndarray, params: list[PatchParams], patch: int) ->
     for par in params:
         if not (0 <= par.y <= h - patch and 0 <= par.x <= w - patch):
             raise DataError(f"patch {patch} at ({par.y}, {par.x}) is outside the {h}x{w} tiles")
-    out = np.empty((b, c, patch, patch), dtype=tiles.dtype)
+    if out is None:
+        out = np.empty((b, c, patch, patch), dtype=tiles.dtype)
+    elif (
+        out.shape != (b, c, patch, patch)
+        or out.dtype != tiles.dtype
+        or not out.flags.c_contiguous
+        or not out.flags.writeable
+    ):
+        raise DataError(
+            f"transform_batch: out must be a writeable C-contiguous {tiles.dtype} array of "
+            f"shape {(b, c, patch, patch)}, got {out.dtype} {out.shape}"
+        )
     kernel = _kernel()
     if kernel is None or b == 0:
         for j, par in enumerate(params):

@@ -16,6 +16,11 @@ datasets can be handed to ``DataLoader(num_workers=N)``; only the chunks a patch
 read. ``DataLoader`` fetches a batch through :meth:`__getitems__`: the batch's tiles are
 decoded into one array (each chunk once per batch), then cropped, flipped/rotated and made
 channels-first in one compiled pass (:func:`~stainbench.data.augment.transform_batch`).
+
+The tile datasets also write a whole batch in place, the layout
+:func:`~torch.utils.data.default_collate` gives their items (``batch_layout(n)`` and
+``fill_batch(indices, out)``): :class:`~stainbench.data.loader.PatchLoader` uses that to build
+batches without per-item tensors or collation, in reused (shared) memory.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class _StoreDataset(Dataset):
     """Shared plumbing: lazy store handle, normalization, epoch, RNG per item."""
 
     kind: tuple[str, ...] = ("paired", "unpaired")
+    #: :meth:`batch_layout` and :meth:`fill_batch` are available (see the module docstring).
+    fills_batches = True
 
     def __init__(
         self,
@@ -67,8 +74,12 @@ class _StoreDataset(Dataset):
         self._readers: dict[str, TileReader | None] = {}
         self.fast_read = True
         self._per_image: dict[str, np.ndarray | None] = {}
+        self._tile_buffers: dict[str, np.ndarray] = {}
         self._mode = normalization if isinstance(normalization, str) else None
         self.normalization = self._build_normalization(opened, normalization)
+        arrays = {d: opened.array(split, d) for d in ("A", "B")}
+        #: (dtype, channels) of each domain's stored tiles
+        self._layouts = {d: (np.dtype(a.dtype), int(a.shape[-1])) for d, a in arrays.items()}
 
     def _build_normalization(
         self, store: TileStore, arg: NormalizationArg
@@ -99,6 +110,7 @@ class _StoreDataset(Dataset):
         state = self.__dict__.copy()
         state["_store"] = None  # each worker process opens the store itself
         state["_readers"] = {}
+        state["_tile_buffers"] = {}
         return state
 
     @property
@@ -116,12 +128,20 @@ class _StoreDataset(Dataset):
         return self._readers[domain]
 
     def _tiles(self, domain: str, tiles: Sequence[int]) -> np.ndarray:
-        """Tiles ``tiles`` of a domain as one ``(n, H, W, C)`` array (each chunk read once)."""
+        """Tiles ``tiles`` of a domain as one ``(n, H, W, C)`` array (each chunk read once),
+        in a buffer of this dataset that the next call overwrites (a fresh array per batch
+        costs page faults on every batch)."""
+        n = len(tiles)
+        buf = self._tile_buffers.get(domain)
+        if buf is None or buf.shape[0] < n:
+            arr = self.store.array(self.split, domain)
+            buf = np.empty((n, *arr.shape[1:]), dtype=arr.dtype)
+            self._tile_buffers[domain] = buf
+        out = buf[:n]
         reader = self._reader(domain)
         if reader is not None:
-            return reader.read_tiles(tiles)
+            return reader.read_tiles(tiles, out=out)
         arr = self.store.array(self.split, domain)
-        out = np.empty((len(tiles), *arr.shape[1:]), dtype=arr.dtype)
         for j, t in enumerate(tiles):  # zarr's own batched selections are slower here
             out[j] = arr[int(t)]
         return out
@@ -142,28 +162,53 @@ class _StoreDataset(Dataset):
             return norm
         return norm.for_image(per[tile])
 
-    def _items(
-        self, domain: str, tiles: Sequence[int], params: Sequence[PatchParams], out: list[dict]
+    def _fill_domain(
+        self,
+        domain: str,
+        tiles: Sequence[int],
+        params: Sequence[PatchParams],
+        out: Mapping[str, np.ndarray],
     ) -> None:
-        """Add the raw ``(C, P, P)`` patches and ``(2, C)`` normalizations to ``out``."""
+        """Write the raw ``(n, C, P, P)`` patches and ``(n, 2, C)`` normalizations of
+        ``domain`` into ``out[domain]`` and ``out[domain + "_norm"]``."""
         data = self._tiles(domain, tiles)
-        patches = torch.from_numpy(transform_batch(data, list(params), self.patch_size))
-        shared = None if self._mode == "percentile" else self._params(domain, 0)
-        for j, (item, tile) in enumerate(zip(out, tiles, strict=True)):
-            item[domain] = patches[j]
-            item[domain + NORM_SUFFIX] = (
-                shared if shared is not None else self._params(domain, tile)
-            )
+        transform_batch(data, list(params), self.patch_size, out=out[domain])
+        norms = out[domain + NORM_SUFFIX]
+        if self._mode != "percentile":
+            norms[:] = self.normalization[domain].params()
+        else:
+            for j, tile in enumerate(tiles):
+                norms[j] = self._norm_for(domain, tile).params()
 
-    def _params(self, domain: str, tile: int) -> torch.Tensor:
-        return torch.from_numpy(self._norm_for(domain, tile).params())
+    def batch_layout(self, n: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shape and dtype of every array of a batch of ``n`` items, as :meth:`fill_batch`
+        writes it (and ``default_collate`` stacks the items): ``"A"``/``"B"``
+        ``(n, C, P, P)`` of the stored dtype, ``"A_norm"``/``"B_norm"`` ``(n, 2, C)``
+        float32."""
+        out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        for d in ("A", "B"):
+            dtype, c = self._layouts[d]
+            out[d] = ((n, c, self.patch_size, self.patch_size), dtype)
+            out[d + NORM_SUFFIX] = ((n, 2, self.normalization[d].channels), np.dtype(np.float32))
+        return out
+
+    def fill_batch(self, indices: Sequence[int], out: Mapping[str, np.ndarray]) -> None:
+        """Write items ``indices`` as one batch into ``out``: C-contiguous arrays laid out as
+        :meth:`batch_layout` ``(len(indices))`` says; the same numbers as collating
+        ``self[i]`` for each index."""
+        raise NotImplementedError
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
-        """The items ``indices`` (what ``DataLoader`` asks for one batch), read together."""
-        raise NotImplementedError
+        """The items ``indices`` (what ``DataLoader`` asks for one batch), read together:
+        views of one batch written by :meth:`fill_batch`."""
+        layout = self.batch_layout(len(indices))
+        arrays = {k: np.empty(shape, dtype=dtype) for k, (shape, dtype) in layout.items()}
+        self.fill_batch(indices, arrays)
+        tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        return [{k: t[j] for k, t in tensors.items()} for j in range(len(indices))]
 
     def normalized(self, index: int) -> dict[str, torch.Tensor]:
         """Item ``index`` as float32 network inputs ``{"A": (C, P, P), "B": ...}``."""
@@ -213,17 +258,15 @@ class PairedPatchDataset(_StoreDataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+    def fill_batch(self, indices: Sequence[int], out: Mapping[str, np.ndarray]) -> None:
         """Items ``indices``: the same crop, flip and rotation for A and B of each pair."""
         tiles = [int(i) for i in indices]
         for i in tiles:
             if not 0 <= i < self.length:
                 raise IndexError(i)
         params = [sample_params(self._rng(i), *self.tile_hw, self.patch_size) for i in tiles]
-        out: list[dict[str, torch.Tensor]] = [{} for _ in tiles]
-        self._items("A", tiles, params, out)
-        self._items("B", tiles, params, out)
-        return out
+        self._fill_domain("A", tiles, params, out)
+        self._fill_domain("B", tiles, params, out)
 
 
 class UnpairedPatchDataset(_StoreDataset):
@@ -258,7 +301,7 @@ class UnpairedPatchDataset(_StoreDataset):
     def __len__(self) -> int:
         return max(self.counts.values())
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+    def fill_batch(self, indices: Sequence[int], out: Mapping[str, np.ndarray]) -> None:
         """Items ``indices``: A tile ``i % N_A`` and a B tile, each with its own transform."""
         ia, ib, pa, pb = [], [], [], []
         for index in indices:
@@ -273,10 +316,8 @@ class UnpairedPatchDataset(_StoreDataset):
             )
             pa.append(sample_params(rng, *self.tile_hw["A"], self.patch_size))
             pb.append(sample_params(rng, *self.tile_hw["B"], self.patch_size))
-        out: list[dict[str, torch.Tensor]] = [{} for _ in ia]
-        self._items("A", ia, pa, out)
-        self._items("B", ib, pb, out)
-        return out
+        self._fill_domain("A", ia, pa, out)
+        self._fill_domain("B", ib, pb, out)
 
 
 # Volume patches live in their own module; re-exported here so that every dataset comes from

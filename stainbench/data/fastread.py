@@ -188,8 +188,9 @@ class ChunkReader:
             return self.read_chunk((n, *([0] * (len(self.shape) - 1))))[0]
         return self.read((slice(n, n + 1),))[0]
 
-    def read_tiles(self, tiles: Sequence[int]) -> np.ndarray:
-        """Tiles ``tiles`` of an ``(N, H, W, C)`` array as one new ``(n, H, W, C)`` array.
+    def read_tiles(self, tiles: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """Tiles ``tiles`` of an ``(N, H, W, C)`` array as one ``(n, H, W, C)`` array: a new
+        one, or ``out`` (C-contiguous, that shape, the array's dtype), filled and returned.
 
         For whole-tile chunks every chunk is decoded straight into its place in the output
         (allocating a fresh buffer per tile costs more than decoding it here: the allocator
@@ -197,7 +198,14 @@ class ChunkReader:
         several tiles are decoded once each into one reused buffer, however many of their tiles
         are asked for.
         """
-        out = np.empty((len(tiles), *self.shape[1:]), dtype=self.dtype)
+        shape = (len(tiles), *self.shape[1:])
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(
+                f"out must be a C-contiguous {self.dtype} array of shape {shape}, "
+                f"got {out.dtype} {out.shape}"
+            )
         for t in tiles:
             if not 0 <= t < self.shape[0]:
                 raise IndexError(t)

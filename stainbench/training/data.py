@@ -205,13 +205,36 @@ def _nhwc(x: torch.Tensor) -> np.ndarray:
 
 class EpochIndexed(Dataset):
     """Wraps a dataset with ``set_epoch`` so that items are addressed by ``(epoch, index)``
-    (works in DataLoader worker processes, whose dataset copies never see ``set_epoch``)."""
+    (works in DataLoader worker processes, whose dataset copies never see ``set_epoch``).
+
+    Over a dataset that fills whole batches (the tile datasets) it does so too, for
+    :class:`~stainbench.data.loader.PatchLoader`: ``fill_batch`` takes ``(epoch, index)``
+    keys."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
+
+    @property
+    def fills_batches(self) -> bool:
+        return bool(getattr(self.dataset, "fills_batches", False))
+
+    def batch_layout(self, n: int) -> dict[str, Any]:
+        """The wrapped dataset's batch layout for ``n`` items."""
+        return self.dataset.batch_layout(n)  # type: ignore[attr-defined]
+
+    def fill_batch(self, keys: list[tuple[int, int]], out: dict[str, np.ndarray]) -> None:
+        """Write the items ``keys`` (``(epoch, index)``) as one batch into ``out``; runs of keys
+        of one epoch go to the dataset's ``fill_batch`` together."""
+        for start, stop, epoch in _epoch_runs(keys):
+            if getattr(self.dataset, "epoch", None) != epoch:
+                self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+            self.dataset.fill_batch(  # type: ignore[attr-defined]
+                [index for _, index in keys[start:stop]],
+                {k: v[start:stop] for k, v in out.items()},
+            )
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         """The dataset's (raw) item ``index`` of ``epoch``."""
@@ -227,17 +250,23 @@ class EpochIndexed(Dataset):
         if batched is None:
             return [self[key] for key in keys]
         out: list[dict[str, torch.Tensor]] = []
-        start = 0
-        while start < len(keys):
-            epoch = keys[start][0]
-            stop = start
-            while stop < len(keys) and keys[stop][0] == epoch:
-                stop += 1
+        for start, stop, epoch in _epoch_runs(keys):
             if getattr(self.dataset, "epoch", None) != epoch:
                 self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
             out += batched([index for _, index in keys[start:stop]])
-            start = stop
         return out
+
+
+def _epoch_runs(keys: list[tuple[int, int]]) -> Iterator[tuple[int, int, int]]:
+    """``(start, stop, epoch)`` of each run of consecutive keys with the same epoch."""
+    start = 0
+    while start < len(keys):
+        epoch = keys[start][0]
+        stop = start
+        while stop < len(keys) and keys[stop][0] == epoch:
+            stop += 1
+        yield start, stop, epoch
+        start = stop
 
 
 class StepBatches:
