@@ -16,9 +16,11 @@ check that both paths return identical data.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +30,7 @@ import numpy as np
 
 _EMPTY = 2**64 - 1
 _INDEX_CACHE = 4096
+_OPEN_SHARDS = 32
 
 
 class ChunkReader:
@@ -56,6 +59,7 @@ class ChunkReader:
         self._blosc = numcodecs.Blosc()
         self._crc = numcodecs.CRC32C()
         self._index_cache: dict[tuple[int, ...], np.ndarray | None] = {}
+        self._fds: dict[str, int] = {}  # open shard files (see _fd)
         self._root = str(folder / "c")  # chunk keys: "c/i/j/..." (plain strings: pathlib is slow)
         if shards is not None:
             self._inner = tuple(s // c for s, c in zip(shards, chunks, strict=True))
@@ -129,13 +133,11 @@ class ChunkReader:
         index = self._index(shard, path)
         if index is None:
             return self._fill(out)
-        offset, nbytes = (int(v) for v in index[int(np.ravel_multi_index(inner, self._inner))])
+        flat = inner[0] if len(inner) == 1 else int(np.ravel_multi_index(inner, self._inner))
+        offset, nbytes = (int(v) for v in index[flat])
         if offset == _EMPTY and nbytes == _EMPTY:
             return self._fill(out)
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read(nbytes)
-        return self._decode(data, out)
+        return self._decode(os.pread(self._fd(path), nbytes, offset), out)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """``array[region]`` for plain slices (step 1); missing axes mean the whole axis."""
@@ -229,7 +231,33 @@ class ChunkReader:
                 out[j] = chunk[int(tiles[j]) - k * step]
         return out
 
+    def close(self) -> None:
+        """Close the shard files kept open (reading again reopens them)."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_fds"] = {}  # descriptors belong to this process
+        return state
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
     # -- internals -------------------------------------------------------------------------
+
+    def _fd(self, path: str) -> int:
+        """A read-only descriptor of shard file ``path``, kept open (the last
+        ``_OPEN_SHARDS``): opening the file per chunk cost as much as reading the chunk."""
+        fd = self._fds.get(path)
+        if fd is None:
+            if len(self._fds) >= _OPEN_SHARDS:
+                os.close(self._fds.pop(next(iter(self._fds))))
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._fds[path] = fd
+        return fd
 
     def _key(self, coords: tuple[int, ...]) -> str:
         return "/".join((self._root, *map(str, coords)))

@@ -1,0 +1,51 @@
+"""The fast tile reader keeps shard files open (a bounded number): reads stay right past the
+bound, after close(), in a pickled copy, and into a caller's buffer."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import stainbench.data.fastread as fastread
+from stainbench.data.fastread import TileReader
+from stainbench.data.writer import compressor
+
+
+def test_open_shards_are_bounded_and_reads_stay_right(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fastread, "_OPEN_SHARDS", 3)
+    data = np.random.default_rng(0).integers(0, 256, (40, 6, 5, 3), dtype=np.uint8)
+    arr = zarr.open_group(str(tmp_path / "s.zarr"), mode="w").create_array(
+        "x",
+        shape=data.shape,
+        dtype="u1",
+        chunks=(1, 6, 5, 3),
+        shards=(4, 6, 5, 3),
+        compressors=compressor(),
+        fill_value=0,
+    )
+    arr[...] = data
+    reader = TileReader.for_array(tmp_path / "s.zarr" / "x")
+    assert reader is not None
+    order = [39, 0, 5, 17, 1, 38, 22, 9, 0, 33]  # ten shards touched, three kept open
+    out = np.empty((len(order), 6, 5, 3), dtype=np.uint8)
+    assert reader.read_tiles(order, out=out) is out
+    np.testing.assert_array_equal(out, data[order])
+    assert len(reader._fds) == 3
+    fds = list(reader._fds.values())
+    copy = pickle.loads(pickle.dumps(reader))  # descriptors are not carried over
+    assert copy._fds == {}
+    np.testing.assert_array_equal(copy.read_tiles(order[::-1]), data[order[::-1]])
+    reader.close()
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    np.testing.assert_array_equal(reader.read_tile(13), data[13])  # reopens
+    with pytest.raises(ValueError, match="out must be a C-contiguous"):
+        reader.read_tiles([1, 2], out=np.empty((3, 6, 5, 3), dtype=np.uint8))
