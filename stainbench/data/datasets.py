@@ -33,7 +33,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from stainbench.data.augment import PatchParams, sample_params, transform_batch
+from stainbench.data.augment import (
+    PatchParams,
+    sample_params,
+    sample_params_batch,
+    seeded_integers,
+    transform_batch,
+)
 from stainbench.data.fastread import TileReader
 from stainbench.data.store import TileStore, open_store
 from stainbench.data.transforms import MODES, NORM_SUFFIX, Normalization, normalize_batch
@@ -151,6 +157,13 @@ class _StoreDataset(Dataset):
             return None
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
+    def _keys(self, indices: Sequence[int]) -> list[tuple[int, int, int]] | None:
+        """The ``default_rng`` keys of items ``indices`` (None: no augmentation), for
+        :func:`~stainbench.data.augment.seeded_integers` (the same numbers as :meth:`_rng`)."""
+        if not self.augment:
+            return None
+        return [(self.seed, self.epoch, int(i)) for i in indices]
+
     def _norm_for(self, domain: str, tile: int) -> Normalization:
         norm = self.normalization[domain]
         if self._mode != "percentile":
@@ -264,7 +277,7 @@ class PairedPatchDataset(_StoreDataset):
         for i in tiles:
             if not 0 <= i < self.length:
                 raise IndexError(i)
-        params = [sample_params(self._rng(i), *self.tile_hw, self.patch_size) for i in tiles]
+        params = sample_params_batch(self._keys(tiles), len(tiles), *self.tile_hw, self.patch_size)
         self._fill_domain("A", tiles, params, out)
         self._fill_domain("B", tiles, params, out)
 
@@ -303,19 +316,25 @@ class UnpairedPatchDataset(_StoreDataset):
 
     def fill_batch(self, indices: Sequence[int], out: Mapping[str, np.ndarray]) -> None:
         """Items ``indices``: A tile ``i % N_A`` and a B tile, each with its own transform."""
-        ia, ib, pa, pb = [], [], [], []
         for index in indices:
             if not 0 <= index < len(self):
                 raise IndexError(index)
-            rng = self._rng(index)
-            ia.append(int(index) % self.counts["A"])
-            ib.append(
-                int(rng.integers(0, self.counts["B"]))
-                if rng is not None
-                else int(index) % self.counts["B"]
-            )
-            pa.append(sample_params(rng, *self.tile_hw["A"], self.patch_size))
-            pb.append(sample_params(rng, *self.tile_hw["B"], self.patch_size))
+        p = self.patch_size
+        (ha, wa), (hb, wb) = self.tile_hw["A"], self.tile_hw["B"]
+        ia = [int(i) % self.counts["A"] for i in indices]
+        keys = self._keys(indices)
+        if keys is None:
+            ib = [int(i) % self.counts["B"] for i in indices]
+            pa = sample_params_batch(None, len(ia), ha, wa, p)
+            pb = sample_params_batch(None, len(ia), hb, wb, p)
+        else:  # one generator per item: the B tile, then A's and B's crop/flip/rotation
+            for h, w in ((ha, wa), (hb, wb)):
+                sample_params(None, h, w, p)  # validates the sizes
+            highs = (self.counts["B"], ha - p + 1, wa - p + 1, 2, 4, hb - p + 1, wb - p + 1, 2, 4)
+            draws = seeded_integers(keys, highs).tolist()
+            ib = [d[0] for d in draws]
+            pa = [PatchParams(d[1], d[2], bool(d[3]), d[4]) for d in draws]
+            pb = [PatchParams(d[5], d[6], bool(d[7]), d[8]) for d in draws]
         self._fill_domain("A", ia, pa, out)
         self._fill_domain("B", ib, pb, out)
 
