@@ -14,19 +14,27 @@ hematoxylin-only rendering, B the original) are written as
   and the batch step cost without any reading or decoding (the ceiling of every source).
 
 Every pipeline delivers **normalized float32 ``(B, 3, 256, 256)`` batches** to the consumer.
-Two item pipelines, measured in the same run for every source:
+Three pipelines, measured in the same run for every source:
 
-- ``batch`` (the datasets now): ``DataLoader`` fetches a batch's items together
-  (``__getitems__``): the tiles decoded into one array (store: each chunk once), then cropped,
-  flipped/rotated and made channels-first in one compiled pass (``transform_batch``); the raw
-  uint8 batch is collated and ``normalize_batch`` (one compiled pass) runs in the consuming
-  process, as in the training loop;
-- ``item`` (the pipeline before this change, for comparison): items fetched one at a time,
-  each flipped/rotated and made channels-first with numpy (``apply_params``), collated, then
+- ``loader`` (what training uses on the CPU now): ``stainbench.data.loader.PatchLoader``: the
+  dataset writes each batch in place (``fill_batch``: tiles decoded into a reused buffer, one
+  compiled crop/flip/rotation/channels-first pass into the batch), no per-item tensors or
+  collation; with workers, into a persistent, pre-faulted shared-memory ring of batch slots
+  (only the slot number crosses a queue); the consuming process normalizes (compiled pass)
+  into reused float32 buffers;
+- ``batch``: ``torch.utils.data.DataLoader`` fetching a batch's items together
+  (``__getitems__``, the same ``fill_batch`` underneath), collating them, and
+  ``normalize_batch`` in the consuming process (the pipeline of the previous results; with
+  workers every batch crosses in fresh shared memory);
+- ``item`` (the pipeline before that, for comparison): items fetched one at a time, each
+  flipped/rotated and made channels-first with numpy (``apply_params``), collated, then
   normalized with torch's float32 conversion, subtraction and division.
 
-Patches per second = pairs delivered by a ``DataLoader(batch_size=16)`` over one epoch (after
-one warm-up epoch), for ``num_workers`` 0 and 2, ``torch.set_num_threads(1)``; batches in index
+The PNG baseline is ``PNG folder, batch`` (``DataLoader``, Pillow decoding); the PNG dataset
+also implements ``fill_batch``, so ``PNG folder, loader`` shows what the new loader gives PNG.
+
+Patches per second = pairs delivered in batches of 16 over one epoch (after one warm-up
+epoch; workers persist), for ``num_workers`` 0 and 2, ``torch.set_num_threads(1)``; batches in index
 order, and for the zarr layouts and PNG also shuffled (a new random order per epoch, as
 training draws them: a batch then touches up to 16 chunks of 8 tiles).
 
@@ -46,59 +54,97 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from stainbench.data.augment import apply_params, crop, sample_params, transform_batch
+from stainbench.data.augment import (
+    apply_params,
+    crop,
+    sample_params,
+    sample_params_batch,
+    transform_batch,
+)
 from stainbench.data.datasets import PairedPatchDataset
 from stainbench.data.demo import load_source, render_stains
+from stainbench.data.loader import PatchLoader
 from stainbench.data.store import create_store
 from stainbench.data.transforms import NORM_SUFFIX, Normalization, normalize_batch
 from stainbench.data.writer import compressor, finalize_with_stats
 
 TILE = 256
+#: The pipelines measured for every source (see the module docstring); the baseline is PNG
+#: through ``batch``.
+PIPELINES = ("item", "batch", "loader")
 
 
 RANGE = Normalization("range", "A", (127.5,) * 3, (127.5,) * 3)
 
 
-def batch_items(
+def fill_items(
     indices: list[int],
     seed: int,
     tiles_of: Callable[[str], np.ndarray],
-    norm_params: torch.Tensor,
-) -> list[dict[str, torch.Tensor]]:
-    """The items of one batch, as the store's datasets build them: the same random
-    crop/flip/rotation per index (seeded like theirs), one compiled transform pass per domain
-    over ``tiles_of(domain)`` (the batch's ``(n, TILE, TILE, 3)`` uint8 tiles)."""
-    params = [sample_params(np.random.default_rng([seed, 0, i]), TILE, TILE, TILE) for i in indices]
-    out: list[dict[str, torch.Tensor]] = [{} for _ in indices]
+    norm_params: np.ndarray,
+    out: dict[str, np.ndarray],
+) -> None:
+    """Write the batch of ``indices`` into ``out`` as the store's datasets do: the same random
+    crop/flip/rotation per index (seeded like theirs, drawn with the same compiled
+    ``default_rng``), one compiled transform pass per domain over ``tiles_of(domain)`` (the
+    batch's ``(n, TILE, TILE, 3)`` uint8 tiles)."""
+    params = sample_params_batch([(seed, 0, i) for i in indices], len(indices), TILE, TILE, TILE)
     for d in ("A", "B"):
-        patches = torch.from_numpy(transform_batch(tiles_of(d), params, TILE))
-        for j, item in enumerate(out):
-            item[d] = patches[j]
-            item[d + NORM_SUFFIX] = norm_params
-    return out
+        transform_batch(tiles_of(d), params, TILE, out=out[d])
+        out[d + NORM_SUFFIX][:] = norm_params
 
 
-class PngPairs(Dataset):
-    """The PNG baseline: decode A and B, the same augmentation and batch step as the store's
-    datasets; the same items (raw ``(3, P, P)`` uint8 + normalization parameters)."""
+def layout(n: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The batch layout of the benchmark's sources (as the store's datasets')."""
+    u8, f32 = np.dtype(np.uint8), np.dtype(np.float32)
+    return {
+        "A": ((n, 3, TILE, TILE), u8),
+        "A_norm": ((n, 2, 3), f32),
+        "B": ((n, 3, TILE, TILE), u8),
+        "B_norm": ((n, 2, 3), f32),
+    }
 
-    def __init__(self, folder: Path, n: int, seed: int = 0) -> None:
-        self.folder, self.n, self.seed = folder, n, seed
-        self.params = torch.from_numpy(RANGE.params())
 
-    def __len__(self) -> int:
-        return self.n
+class _Source(Dataset):
+    """Items through ``fill_batch`` (as the store's datasets), for both loaders."""
+
+    fills_batches = True
+
+    def batch_layout(self, n: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return layout(n)
+
+    def fill_batch(self, indices: list[int], out: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        arrays = {k: np.empty(s, dtype=d) for k, (s, d) in layout(len(indices)).items()}
+        self.fill_batch(indices, arrays)
+        tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        return [{k: t[j] for k, t in tensors.items()} for j in range(len(indices))]
+
+
+class PngPairs(_Source):
+    """The PNG baseline: decode A and B, the same augmentation and batch step as the store's
+    datasets; the same items (raw ``(3, P, P)`` uint8 + normalization parameters)."""
+
+    def __init__(self, folder: Path, n: int, seed: int = 0) -> None:
+        self.folder, self.n, self.seed = folder, n, seed
+        self.params = RANGE.params()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def fill_batch(self, indices: list[int], out: dict[str, np.ndarray]) -> None:
         def decoded(d: str) -> np.ndarray:
             tiles = np.empty((len(indices), TILE, TILE, 3), dtype=np.uint8)
             for j, i in enumerate(indices):
@@ -106,26 +152,22 @@ class PngPairs(Dataset):
                     tiles[j] = np.asarray(im)
             return tiles
 
-        return batch_items(indices, self.seed, decoded, self.params)
+        fill_items(indices, self.seed, decoded, self.params, out)
 
 
-class InMemoryPairs(Dataset):
+class InMemoryPairs(_Source):
     """The same tiles already decoded in memory, the same batch step: the ceiling of any
-    pipeline that delivers these batches through this ``DataLoader`` (no reading, no
-    decoding)."""
+    pipeline that delivers these batches through the same loader (no reading, no decoding)."""
 
     def __init__(self, a: np.ndarray, b: np.ndarray, seed: int = 0) -> None:
         self.tiles, self.seed = {"A": a, "B": b}, seed
-        self.params = torch.from_numpy(RANGE.params())
+        self.params = RANGE.params()
 
     def __len__(self) -> int:
         return len(self.tiles["A"])
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.__getitems__([i])[0]
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
-        return batch_items(indices, self.seed, lambda d: self.tiles[d][indices], self.params)
+    def fill_batch(self, indices: list[int], out: dict[str, np.ndarray]) -> None:
+        fill_items(indices, self.seed, lambda d: self.tiles[d][indices], self.params, out)
 
 
 class PerItem(Dataset):
@@ -203,43 +245,65 @@ def write_store(
     finalize_with_stats(group, path, "paired", {"benchmark": "patch throughput"})
 
 
-def measure(ds: Dataset, workers: int, n: int, shuffle: bool) -> float:
+def measure(ds: Dataset, workers: int, n: int, shuffle: bool, pipeline: str) -> float:
     """Pairs/s delivered as normalized float32 ``(B, 3, 256, 256)`` batches."""
-    loader = DataLoader(
-        ds,
-        batch_size=16,
-        shuffle=shuffle,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(0),
-    )
-    for _ in loader:  # warm-up epoch (worker start, page cache, first decode, compilation)
-        pass
-    start = time.perf_counter()
-    count = 0
-    step = torch_normalize if isinstance(ds, PerItem) else normalize_batch
-    for batch in loader:
-        x = step(batch)
-        assert x["A"].dtype == torch.float32 and x["A"].shape[1:] == (3, TILE, TILE)
-        count += int(x["A"].shape[0])
-    elapsed = time.perf_counter() - start
+    generator = torch.Generator().manual_seed(0)
+    if pipeline == "loader":
+        loader: Any = PatchLoader(ds, 16, shuffle, num_workers=workers, generator=generator)
+        step: Callable[[Any], dict[str, torch.Tensor]] = _already_normalized
+    else:
+        loader = DataLoader(
+            ds,
+            batch_size=16,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            generator=generator,
+        )
+        step = torch_normalize if pipeline == "item" else normalize_batch
+    try:
+        for _ in loader:  # warm-up epoch (worker start, page cache, first decode, compilation)
+            pass
+        start = time.perf_counter()
+        count = 0
+        for batch in loader:
+            x = step(batch)
+            assert x["A"].dtype == torch.float32 and x["A"].shape[1:] == (3, TILE, TILE)
+            count += int(x["A"].shape[0])
+        elapsed = time.perf_counter() - start
+    finally:
+        if pipeline == "loader":
+            loader.close()
     assert count == n
     return count / elapsed
 
 
+def _already_normalized(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return batch
+
+
+def _dataset(make: Callable[[], Dataset], pipeline: str) -> Dataset:
+    return PerItem(make()) if pipeline == "item" else make()
+
+
 def check_same_batches(cases: dict, n: int) -> None:
-    """Every source and both pipelines give bit-identical normalized batches (same seed)."""
+    """Every source and every pipeline give bit-identical normalized batches (same seed), the
+    loader with 0 and 2 workers."""
     ref = None
     for name, make in cases.items():
-        for pipeline in ("batch", "item"):
-            ds = make() if pipeline == "batch" else PerItem(make())
-            batch = next(iter(DataLoader(ds, batch_size=min(16, n))))
-            x = torch_normalize(batch) if pipeline == "item" else normalize_batch(batch)
+        for pipeline, workers in (("batch", 0), ("item", 0), ("loader", 0), ("loader", 2)):
+            ds = _dataset(make, pipeline)
+            if pipeline == "loader":
+                with PatchLoader(ds, min(16, n), num_workers=workers) as loader:
+                    x = {k: v.clone() for k, v in next(iter(loader)).items()}
+            else:
+                batch = next(iter(DataLoader(ds, batch_size=min(16, n))))
+                x = torch_normalize(batch) if pipeline == "item" else normalize_batch(batch)
             if ref is None:
                 ref = x
             for d in ("A", "B"):
                 same = torch.equal(x[d].view(torch.int32), ref[d].view(torch.int32))
-                assert same, f"{name} ({pipeline}): batch differs"
+                assert same, f"{name} ({pipeline}, {workers} workers): batch differs"
 
 
 def raw_reads(work: Path, n: int) -> dict[str, float]:
@@ -270,34 +334,46 @@ def raw_reads(work: Path, n: int) -> dict[str, float]:
 
 
 def stage_costs(cases: dict, n: int) -> dict[str, dict[str, float]]:
-    """ms per pair of each stage of the batch pipeline, one process, batches of 16 in order:
-    fetching the batch's items (PNG: decoding; store: reading and decoding the tiles into one
-    array; both include drawing the crop/flip/rotation, timed alone as ``draw``), collation,
-    ``normalize_batch``."""
-    from torch.utils.data import default_collate
+    """ms per pair of each stage of the loader pipeline, one process, batches of 16 in order:
+    drawing the crop/flip/rotation, reading/decoding the two tiles into a reused buffer (PNG:
+    Pillow; store: the fast reader), the compiled transform into the batch, the compiled
+    normalization into a reused float32 batch."""
+    from stainbench.data.loader import _normalize_into
 
     out = {}
     for name in ("png", "zarr 1x256x256x3 (sharded 64), fast reader"):
         ds = cases[name]()
-        stages = {"draw": 0.0, "fetch": 0.0, "collate": 0.0, "normalize": 0.0}
+        arrays = {k: np.empty(sh, dtype=dt) for k, (sh, dt) in layout(16).items()}
+        for d in ("A", "B"):
+            arrays[d + NORM_SUFFIX][:] = RANGE.params()
+        floats = {d: torch.empty((16, 3, TILE, TILE)) for d in ("A", "B")}
+        buf = {d: np.empty((16, TILE, TILE, 3), dtype=np.uint8) for d in ("A", "B")}
+        stages = {"draw": 0.0, "read+decode": 0.0, "transform": 0.0, "normalize": 0.0}
         for _rep in range(2):  # the first pass warms up
             for key in stages:
                 stages[key] = 0.0
-            for s in range(0, n, 16):
-                idx = list(range(s, min(n, s + 16)))
+            for s in range(0, n - n % 16, 16):
+                idx = list(range(s, s + 16))
                 t0 = time.perf_counter()
-                for i in idx:
-                    sample_params(np.random.default_rng([0, 0, i]), TILE, TILE, TILE)
+                params = sample_params_batch([(0, 0, i) for i in idx], 16, TILE, TILE, TILE)
                 t1 = time.perf_counter()
-                items = ds.__getitems__(idx)
+                for d in ("A", "B"):
+                    if isinstance(ds, PngPairs):
+                        for j, i in enumerate(idx):
+                            with Image.open(ds.folder / d / f"{i:05d}.png") as im:
+                                buf[d][j] = np.asarray(im)
+                    else:
+                        buf[d] = ds._tiles(d, idx)
                 t2 = time.perf_counter()
-                batch = default_collate(items)
+                for d in ("A", "B"):
+                    transform_batch(buf[d], params, TILE, out=arrays[d])
                 t3 = time.perf_counter()
-                normalize_batch(batch)
+                for d in ("A", "B"):
+                    _normalize_into(arrays[d], arrays[d + "_norm"], floats[d])
                 t4 = time.perf_counter()
                 for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                     stages[key] += dt
-        out[name] = {k: v / n * 1e3 for k, v in stages.items()}
+        out[name] = {k: v / (n - n % 16) * 1e3 for k, v in stages.items()}
         print(f"ms/pair, {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in out[name].items()))
     return out
 
@@ -353,9 +429,8 @@ def main() -> None:
                 for name, make in cases.items():
                     if shuffle and ("zarr API" in name or "memory" in name):
                         continue
-                    for pipeline in ("item", "batch"):
-                        ds = make() if pipeline == "batch" else PerItem(make())
-                        rate = measure(ds, workers, args.n, shuffle)
+                    for pipeline in PIPELINES:
+                        rate = measure(_dataset(make, pipeline), workers, args.n, shuffle, pipeline)
                         order = "shuffled" if shuffle else "in order"
                         results.append(
                             {
@@ -367,12 +442,12 @@ def main() -> None:
                             }
                         )
                         print(
-                            f"{name:45s} {pipeline:5s} {order:8s} workers={workers}: "
+                            f"{name:45s} {pipeline:6s} {order:8s} workers={workers}: "
                             f"{rate:8.1f} pairs/s",
                             flush=True,
                         )
         for r in results:
-            for base in ("item", "batch"):
+            for base in PIPELINES:
                 png = next(
                     x["patches_per_s"]
                     for x in results

@@ -7,14 +7,14 @@ and validation sizes must fit the tiles and be multiples of the generator's ``si
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from stainbench.data.transforms import normalize_batch
 from stainbench.errors import ConfigError, DataError
@@ -267,6 +267,37 @@ def _epoch_runs(keys: list[tuple[int, int]]) -> Iterator[tuple[int, int, int]]:
             stop += 1
         yield start, stop, epoch
         start = stop
+
+
+def train_loader(
+    train: Dataset, sampler: StepBatches, workers: int, device: torch.device, seed: int
+) -> Iterable[dict[str, torch.Tensor]]:
+    """The training batches of ``sampler``'s steps, for ``normalize_batch(batch, device)``.
+
+    On the CPU, for the tile datasets: a :class:`~stainbench.data.loader.PatchLoader`, whose
+    batches come normalized already (float32, built in place; in ``workers`` processes
+    through a persistent shared-memory ring); ``normalize_batch`` passes them through. Else
+    (volume datasets, a GPU): ``DataLoader`` with raw batches, which ``normalize_batch``
+    normalizes on the device (4x fewer bytes to move than float32). Both give the same
+    numbers. ``seed`` seeds the loader's own generator (the global RNG is never consumed, so a
+    resumed run's dropout matches an uninterrupted one). Close it (``close()``) when done.
+    """
+    from stainbench.data.loader import PatchLoader, fills_batches
+
+    dataset = EpochIndexed(train)
+    generator = torch.Generator().manual_seed(seed)
+    if device.type == "cpu" and fills_batches(dataset):
+        return PatchLoader(
+            dataset, sampler.batch, batch_sampler=sampler, num_workers=workers, generator=generator
+        )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        persistent_workers=False,
+        pin_memory=device.type == "cuda",
+        generator=generator,
+    )
 
 
 class StepBatches:

@@ -37,7 +37,7 @@ import yaml
 from stainbench.data.transforms import normalize_batch
 from stainbench.errors import ConfigError, ModelError, TrainingError
 from stainbench.training.checkpoint import load_checkpoint, save_checkpoint
-from stainbench.training.data import EpochIndexed, StepBatches, TrainingData, open_training_data
+from stainbench.training.data import StepBatches, TrainingData, open_training_data, train_loader
 from stainbench.training.recipe import Recipe, resolved
 from stainbench.training.task import Task, TaskContext
 
@@ -426,16 +426,10 @@ def _fit(
     sampler = StepBatches(len(data.train), t.batch_size, t.seed, step, t.steps, rank, world)
     end = t.steps if stop_after is None else min(t.steps, step + stop_after)
     sampler.stop = end
-    loader = torch.utils.data.DataLoader(
-        EpochIndexed(data.train),
-        batch_sampler=sampler,
-        num_workers=recipe.data.workers,
-        persistent_workers=False,
-        pin_memory=device.type == "cuda",
-        # its own generator: creating the iterator must not consume the global RNG, or a
-        # resumed run's dropout would differ from an uninterrupted one
-        generator=torch.Generator().manual_seed(t.seed),
-    )
+    # PatchLoader on the CPU (batches built in place, normalized already), else DataLoader;
+    # its own generator: creating the iterator must not consume the global RNG, or a
+    # resumed run's dropout would differ from an uninterrupted one
+    loader = train_loader(data.train, sampler, recipe.data.workers, device, t.seed)
 
     def payload_at(cur: int) -> dict[str, Any]:
         state = task.state_dict()
@@ -546,6 +540,8 @@ def _fit(
     finally:
         if metrics is not None:
             metrics.close()
+        if hasattr(loader, "close"):
+            loader.close()  # PatchLoader: stop its workers, free the shared memory
     if main and data.val is None and cur == t.steps and not best_path.exists():
         # no paired validation split (unpaired store): the final weights are the best we know
         save_checkpoint(best_path, payload_at(cur))
