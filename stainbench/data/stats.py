@@ -23,8 +23,12 @@ whole array; ``std`` is the population standard deviation (``ddof=0``, as ``np.s
 
 from __future__ import annotations
 
+import functools
 import itertools
+import mmap
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -165,29 +169,113 @@ class BlockResult:
     dtype: str = "uint8"
 
 
-def run_block(store_path: str, block: Block) -> BlockResult:
+def run_block(store_path: str, block: Block, scratch: ChunkScratch | None = None) -> BlockResult:
     """Read one block and histogram it (the function Dask workers run).
 
     Blocks without per-item statistics (volumes) are counted chunk by chunk as they are
-    decoded, never assembled: one chunk in memory per block, no extra copy.
+    decoded, never assembled: one chunk in memory per block, no extra copy. ``scratch``: a
+    thread's readers and buffers, reused from block to block (None: fresh ones).
     """
-    from stainbench.data.fastread import ChunkReader
-
+    scratch = scratch if scratch is not None else ChunkScratch()
     sl = tuple(slice(a, b) for a, b in block.index)
-    reader = ChunkReader.for_array(f"{store_path}/{block.key}")
+    reader = scratch.reader(f"{store_path}/{block.key}")
     if reader is not None:
         if block.per_item:
             return histogram_block(block, reader.read(sl))
-        from stainbench.data.histkernels import ChannelCounter
-
-        counter = ChannelCounter(reader.shape[-1], n_bins(reader.dtype))
-        for _, part in reader.iter_region(sl):
-            counter.add(part)
-        return BlockResult(block, counter.totals(), None, reader.dtype.name)
+        return BlockResult(block, scratch.count_region(reader, sl), None, reader.dtype.name)
     import zarr
 
     arr = zarr.open_array(f"{store_path}/{block.key}", mode="r")
     return histogram_block(block, np.asarray(arr[sl]))
+
+
+class ChunkScratch:
+    """One thread's state for counting blocks: a :class:`ChunkReader` per array (its
+    ``zarr.json`` parsed once, not once per block) and reused buffers for the compressed
+    bytes and the decoded chunk, so that reading a chunk allocates nothing (a fresh 1 MB
+    buffer per chunk costs page faults comparable to decoding it).
+
+    Not thread-safe: one per thread.
+    """
+
+    def __init__(self) -> None:
+        self._readers: dict[str, Any] = {}
+        self._raw: mmap.mmap | bytearray = bytearray(0)
+        self._decoded: dict[str, np.ndarray] = {}
+
+    def reader(self, folder: str) -> Any:
+        """The :class:`~stainbench.data.fastread.ChunkReader` of ``folder``, or None when
+        its layout is not one the fast path reads (zarr reads it then)."""
+        if folder not in self._readers:
+            from stainbench.data.fastread import ChunkReader
+
+            self._readers[folder] = ChunkReader.for_array(folder)
+        return self._readers[folder]
+
+    def count_region(self, reader: Any, region: tuple[slice, ...]) -> np.ndarray:
+        """Per-channel histogram ``(C, bins)`` int64 of ``reader``'s array over ``region``
+        (plain slices), decoding one chunk at a time into this thread's buffer."""
+        from stainbench.data.histkernels import ChannelCounter
+
+        counter = ChannelCounter(reader.shape[-1], n_bins(reader.dtype))
+        key = str(reader.folder)
+        chunk = self._decoded.get(key)
+        if chunk is None:
+            chunk = self._decoded[key] = np.empty(reader.chunks, dtype=reader.dtype)
+        full = _full(region, reader.shape)
+        bounds = [sl.indices(n)[:2] for sl, n in zip(full, reader.shape, strict=True)]
+        if any(b <= a for a, b in bounds):
+            return counter.totals()
+        grid = [range(a // c, -(-b // c)) for (a, b), c in zip(bounds, reader.chunks, strict=True)]
+        for coords in itertools.product(*grid):
+            self._decode(reader, coords, chunk)
+            src = []
+            for (a, b), c, k in zip(bounds, reader.chunks, coords, strict=True):
+                src.append(slice(max(a, k * c) - k * c, min(b, (k + 1) * c) - k * c))
+            part = chunk[tuple(src)]
+            counter.add(part)
+        return counter.totals()
+
+    def _decode(self, reader: Any, coords: tuple[int, ...], out: np.ndarray) -> None:
+        """Decode the chunk at grid ``coords`` into ``out``.
+
+        Unsharded little-endian chunks: the file is read into the reused buffer and Blosc
+        decodes it into ``out`` (numcodecs; the GIL is released for both). Anything else
+        (shards, missing chunks = fill value, an unexpectedly large file) goes through
+        :meth:`ChunkReader.read_chunk`, which handles every layout it accepts.
+        """
+        if reader.shards is not None or (sys.byteorder != "little" and out.itemsize > 1):
+            reader.read_chunk(coords, out=out)
+            return
+        import numcodecs.blosc
+
+        need = out.nbytes + 4096  # Blosc output is at most the data plus a 16-byte header
+        if len(self._raw) < need:
+            # page-aligned (anonymous mmap): reading cold files into a malloc'ed bytearray
+            # cost twice the system time here (1.8 s against 0.9 s for 2.3 GB of files)
+            self._raw = mmap.mmap(-1, need)
+        path = "/".join((str(reader.folder), "c", *map(str, coords)))  # default key encoding
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            reader.read_chunk(coords, out=out)  # missing chunk: the fill value
+            return
+        try:
+            n = os.readv(fd, [self._raw])
+        finally:
+            os.close(fd)
+        if n >= len(self._raw):  # not a Blosc chunk of this size: let the reader decide
+            reader.read_chunk(coords, out=out)
+            return
+        numcodecs.blosc.decompress(memoryview(self._raw)[:n], out.reshape(-1).view(np.uint8))
+
+
+def _full(region: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """``region`` padded with whole-axis slices to ``len(shape)`` axes; steps must be 1."""
+    out = tuple(region) + (slice(None),) * (len(shape) - len(region))
+    if len(out) != len(shape) or any(sl.step not in (None, 1) for sl in out):
+        raise ValueError("only contiguous slices are supported")
+    return out
 
 
 def histogram_block(block: Block, data: np.ndarray) -> BlockResult:
@@ -376,24 +464,36 @@ def _pooled(
     from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 
     if processes <= 1 and threads <= 1:
+        scratch = ChunkScratch()
         for block, size in zip(blocks, sizes, strict=True):
-            yield run_block(path, block), size
+            yield run_block(path, block, scratch), size
         return
     pool: Executor
     if processes > 1:
         context = multiprocessing.get_context("spawn")  # zarr's event-loop thread: never fork
         pool, workers = ProcessPoolExecutor(processes, mp_context=context), processes
+        task: Callable[[str, Block], BlockResult] = run_block
     else:
         pool, workers = ThreadPoolExecutor(threads, thread_name_prefix="stats"), threads
+        task = functools.partial(_run_in_thread, threading.local())
     with pool:
         pending: list[tuple[Future[BlockResult], int]] = []
         for block, size in zip(blocks, sizes, strict=True):
-            pending.append((pool.submit(run_block, path, block), size))
+            pending.append((pool.submit(task, path, block), size))
             if len(pending) > workers:
                 future, done_size = pending.pop(0)
                 yield future.result(), done_size
         for future, done_size in pending:
             yield future.result(), done_size
+
+
+def _run_in_thread(local: threading.local, path: str, block: Block) -> BlockResult:
+    """:func:`run_block` with the calling thread's :class:`ChunkScratch` (kept in ``local``,
+    which belongs to one pass)."""
+    scratch = getattr(local, "scratch", None)
+    if scratch is None:
+        scratch = local.scratch = ChunkScratch()
+    return run_block(path, block, scratch)
 
 
 def _check_reachable(address: str) -> None:
