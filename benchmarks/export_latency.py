@@ -50,6 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from stainbench.data.transforms import Normalization
 from stainbench.export.onnx import export_float_graph, export_onnx, make_translator
 from stainbench.models import create_model
+from stainbench.models.thin_conv import ThinConv2d
 
 #: family -> (architecture, kwargs, label) at the sizes the families train with.
 FAMILIES = {
@@ -116,6 +117,7 @@ def bench_family(
     tmp: Path,
     impls: list[str],
     matmul_reps: int,
+    heads: list[str] | None = None,
 ) -> list[dict]:
     arch, kwargs, label = FAMILIES[family]
     norm = {
@@ -124,12 +126,18 @@ def bench_family(
     }
     models = {}  # impl -> (tile model, served session, float session)
     flops = 0.0
-    for impl in impls:
+    heads = heads or ["rows"]
+    for impl, head in [(i, h) for i in impls for h in heads]:
         torch.manual_seed(0)  # the same weights for every implementation
         gen = create_model(arch, transpose_impl=impl, **kwargs).eval()
+        thin = [m for m in gen.modules() if isinstance(m, ThinConv2d)]
+        if thin and len(heads) > 1:  # the model has a thin head: label the variant
+            impl = f"{impl}, head {head}"
+        for m in thin:
+            m.impl = "native" if head == "native" else m.impl
         tr = make_translator(gen, norm, gen.size_multiple)
         flops = flops_per_tile(gen, tile)  # the same math: the same count
-        out = tmp / f"{family}_{impl}"
+        out = tmp / f"{family}_{impl}".replace(", ", "_").replace(" ", "_")
         files = export_onnx(tr, out, sample_tile=tile)
         float_path = export_float_graph(
             gen, torch.zeros(1, 3, tile, tile), out / "generator_float.onnx"
@@ -227,7 +235,9 @@ def render(rows: list[dict], meta: dict) -> str:
         f"- Tiles {meta['tile']}x{meta['tile']}, random weights; {meta['repeats']} rounds after "
         "a warm-up run, each round timing every runtime once next to a fresh matmul timing; "
         "medians over rounds. Transpose impl: how the generator's transposed convolutions are "
-        "computed (`native` ConvTranspose, `phase` one Conv per output phase; the same math).",
+        "computed (`native` ConvTranspose, `phase` one Conv per output phase; the same math); "
+        "`head rows`/`head native`, where shown: the ResNet generator's 7x7 RGB head as row "
+        "convolutions + a column sum (the default) or as one convolution (the same math).",
         "",
         "| family | generator | GFLOP/tile | runtime | transpose impl | batch | ms/batch "
         "| tiles/s | matmul GFLOP/s per round | % of limit |",
@@ -297,6 +307,15 @@ def main() -> None:
         help="how the generators' transposed convolutions are computed (same math; auto: the "
         "models' default)",
     )
+    ap.add_argument(
+        "--thin-head",
+        nargs="+",
+        default=["rows"],
+        choices=["rows", "native"],
+        help="how a thin output convolution (the ResNet generator's 7x7 RGB head) is computed: "
+        "rows (the models' default: row convolutions + column sum) or native (one convolution); "
+        "several alternate",
+    )
     ap.add_argument("--matmul-reps", type=int, default=5, help="matmul products per reference")
     ap.add_argument("--out", type=Path, default=None, help="Markdown report to write")
     ap.add_argument("--json", type=Path, default=None, help="raw rows as JSON")
@@ -335,6 +354,7 @@ def main() -> None:
                 Path(tmp),
                 args.transpose_impl,
                 args.matmul_reps,
+                args.thin_head,
             )
     limit_after = matmul_flops(args.threads)
     meta["matmul_gflops_after"] = limit_after / 1e9

@@ -246,3 +246,50 @@ def test_export_float_graph_has_dynamic_batch_and_matches_torch(tmp_path: Path) 
     (y,) = sess.run(None, {"x": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(y, g(x).numpy(), atol=1e-5)
+
+
+def test_biases_before_instance_norm_are_dropped_with_the_same_output(tmp_path: Path) -> None:
+    """A (transposed) convolution's bias cancels in the instance norm right after it: the
+    exporter removes it; a bias whose output also feeds another node is kept."""
+    import onnxruntime as ort
+
+    from stainbench.export.onnx import drop_bias_before_instance_norm, export_float_graph
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = torch.nn.ConvTranspose2d(3, 6, 4, stride=2, padding=1)
+            self.conv = torch.nn.Conv2d(6, 5, 3, padding=1)
+            self.norm_up = torch.nn.InstanceNorm2d(6)
+            self.norm = torch.nn.InstanceNorm2d(5, affine=True)
+            self.side = torch.nn.Conv2d(5, 5, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.conv(torch.relu(self.norm_up(self.up(x))))
+            s = self.side(h)  # the same conv output feeds the norm and this layer: kept
+            return self.norm(h) + s
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():  # non-zero biases and an affine norm, unlike a fresh generator
+        for m in (net.up, net.conv, net.side):
+            m.bias.uniform_(-2.0, 2.0)
+        net.norm.weight.uniform_(0.5, 1.5)
+        net.norm.bias.uniform_(-1.0, 1.0)
+    raw = tmp_path / "raw.onnx"
+    path = export_float_graph(net, torch.zeros(1, 3, 8, 8), raw, drop_empty_inputs=False)
+    proto = onnx.load(str(path))
+    assert drop_bias_before_instance_norm(proto) == 1  # only the transposed convolution's
+    kinds = {n.op_type: len(n.input) for n in proto.graph.node if "Conv" in n.op_type}
+    assert kinds["ConvTranspose"] == 2 and kinds["Conv"] == 3
+    assert drop_bias_before_instance_norm(proto) == 0  # idempotent
+    onnx.save_model(proto, str(tmp_path / "dropped.onnx"))
+    # export_float_graph (and export_onnx) apply it themselves
+    default = onnx.load(str(export_float_graph(net, torch.zeros(1, 3, 8, 8), tmp_path / "d.onnx")))
+    assert [len(n.input) for n in default.graph.node if n.op_type == "ConvTranspose"] == [2]
+    x = torch.randn(2, 3, 8, 8)  # export_float_graph: only the batch is dynamic
+    with torch.no_grad():
+        want = net(x).numpy()
+    for file in ("raw.onnx", "dropped.onnx", "d.onnx"):
+        sess = ort.InferenceSession(str(tmp_path / file), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], want, atol=2e-5)
