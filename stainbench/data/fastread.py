@@ -63,6 +63,13 @@ class ChunkReader:
         self._root = str(folder / "c")  # chunk keys: "c/i/j/..." (plain strings: pathlib is slow)
         if shards is not None:
             self._inner = tuple(s // c for s, c in zip(shards, chunks, strict=True))
+        # shards holding a run of whole chunks along axis 0 only, decoded straight into a
+        # caller's array (no byte swapping): read_tiles' fast path
+        self._shard_rows = (
+            shards is not None
+            and all(i == 1 for i in self._inner[1:])
+            and (dtype.itemsize == 1 or sys.byteorder == "little")
+        )
 
     @classmethod
     def for_array(cls, folder: str | Path) -> ChunkReader | None:
@@ -217,6 +224,9 @@ class ChunkReader:
             return out
         zeros = (0,) * (len(self.shape) - 1)
         step = self.chunks[0]
+        if step == 1 and self._shard_rows:
+            self._read_sharded_tiles(tiles, out)
+            return out
         if step == 1:
             for j, t in enumerate(tiles):
                 self.read_chunk((int(t), *zeros), out=out[j : j + 1])
@@ -247,6 +257,31 @@ class ChunkReader:
             self.close()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _read_sharded_tiles(self, tiles: Sequence[int], out: np.ndarray) -> None:
+        """:meth:`read_tiles` for one tile per chunk inside shards, each chunk decoded
+        straight into ``out[j]`` (the per-chunk bookkeeping of :meth:`read_chunk` done once:
+        ~15% of the read time of a 256 x 256 RGB tile)."""
+        import numcodecs.blosc as blosc
+
+        per = self._inner[0]
+        zeros = (0,) * (len(self.shape) - 1)
+        flat = out.reshape(len(tiles), -1).view(np.uint8)
+        previous = blosc.use_threads
+        blosc.use_threads = False  # see _decode
+        try:
+            for j, t in enumerate(tiles):
+                s, r = divmod(int(t), per)
+                shard = (s, *zeros)
+                path = self._key(shard)
+                index = self._index(shard, path)
+                entry = None if index is None else index[r]
+                if entry is None or (entry[0] == _EMPTY and entry[1] == _EMPTY):
+                    out[j] = self.fill_value
+                    continue
+                blosc.decompress(os.pread(self._fd(path), int(entry[1]), int(entry[0])), flat[j])
+        finally:
+            blosc.use_threads = previous
 
     def _fd(self, path: str) -> int:
         """A read-only descriptor of shard file ``path``, kept open (the last

@@ -47,5 +47,20 @@ def test_open_shards_are_bounded_and_reads_stay_right(
         with pytest.raises(OSError):
             os.fstat(fd)
     np.testing.assert_array_equal(reader.read_tile(13), data[13])  # reopens
+    sparse = zarr.open_group(str(tmp_path / "s.zarr"), mode="a").create_array(
+        "y",
+        shape=data.shape,
+        dtype="u1",
+        chunks=(1, 6, 5, 3),
+        shards=(4, 6, 5, 3),
+        compressors=compressor(),
+        fill_value=9,
+    )
+    sparse[:5] = data[:5]  # shard 0 whole, shard 1 with one chunk, shards 2.. never written
+    reader_y = TileReader.for_array(tmp_path / "s.zarr" / "y")
+    assert reader_y is not None and reader_y._shard_rows
+    got = reader_y.read_tiles([4, 0, 5, 30, 3])
+    np.testing.assert_array_equal(got[[0, 1, 4]], data[[4, 0, 3]])
+    assert (got[2] == 9).all() and (got[3] == 9).all()
     with pytest.raises(ValueError, match="out must be a C-contiguous"):
         reader.read_tiles([1, 2], out=np.empty((3, 6, 5, 3), dtype=np.uint8))
