@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import json
 import math
+import mmap
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,7 @@ import numpy as np
 _EMPTY = 2**64 - 1
 _INDEX_CACHE = 4096
 _OPEN_SHARDS = 32
+_POPULATE_BYTES = 64 << 20
 
 
 class ChunkReader:
@@ -60,6 +62,7 @@ class ChunkReader:
         self._crc = numcodecs.CRC32C()
         self._index_cache: dict[tuple[int, ...], np.ndarray | None] = {}
         self._fds: dict[str, int] = {}  # open shard files (see _fd)
+        self._maps: dict[str, memoryview] = {}  # mapped shard files (see _mapped)
         self._root = str(folder / "c")  # chunk keys: "c/i/j/..." (plain strings: pathlib is slow)
         if shards is not None:
             self._inner = tuple(s // c for s, c in zip(shards, chunks, strict=True))
@@ -243,13 +246,17 @@ class ChunkReader:
 
     def close(self) -> None:
         """Close the shard files kept open (reading again reopens them)."""
+        maps, self._maps = self._maps, {}
+        for view in maps.values():
+            _unmap(view)
         fds, self._fds = self._fds, {}
         for fd in fds.values():
             os.close(fd)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_fds"] = {}  # descriptors belong to this process
+        state["_fds"] = {}  # descriptors and mappings belong to this process
+        state["_maps"] = {}
         return state
 
     def __del__(self) -> None:
@@ -279,9 +286,32 @@ class ChunkReader:
                 if entry is None or (entry[0] == _EMPTY and entry[1] == _EMPTY):
                     out[j] = self.fill_value
                     continue
-                blosc.decompress(os.pread(self._fd(path), int(entry[1]), int(entry[0])), flat[j])
+                offset, nbytes = int(entry[0]), int(entry[1])
+                mapped = self._mapped(path)
+                if offset + nbytes > len(mapped):
+                    raise OSError(
+                        f"{path}: chunk {r} (bytes {offset}..{offset + nbytes}) lies past the "
+                        f"end of the shard file ({len(mapped)} bytes): the store is damaged"
+                    )
+                blosc.decompress(mapped[offset : offset + nbytes], flat[j])
         finally:
             blosc.use_threads = previous
+
+    def _mapped(self, path: str) -> memoryview:
+        """Shard file ``path`` mapped read-only (the last ``_OPEN_SHARDS``): chunks decode
+        straight from the page cache, without copying them out first (~14 us of ~87 per
+        256 x 256 RGB tile). Shards up to ``_POPULATE_BYTES`` are mapped in whole at once."""
+        view = self._maps.get(path)
+        if view is None:
+            if len(self._maps) >= _OPEN_SHARDS:
+                _unmap(self._maps.pop(next(iter(self._maps))))
+            fd = self._fd(path)
+            flags = mmap.MAP_SHARED
+            if os.fstat(fd).st_size <= _POPULATE_BYTES:
+                flags |= getattr(mmap, "MAP_POPULATE", 0)
+            view = memoryview(mmap.mmap(fd, 0, flags=flags, prot=mmap.PROT_READ))
+            self._maps[path] = view
+        return view
 
     def _fd(self, path: str) -> int:
         """A read-only descriptor of shard file ``path``, kept open (the last
@@ -351,6 +381,15 @@ class ChunkReader:
             return np.full(self.chunks, self.fill_value, dtype=self.dtype)
         out.fill(self.fill_value)
         return out
+
+
+def _unmap(view: memoryview) -> None:
+    """Release a mapping of :meth:`ChunkReader._mapped` (left to the garbage collector if a
+    slice of it is still alive somewhere)."""
+    mapping = view.obj
+    with contextlib.suppress(BufferError):
+        view.release()
+        mapping.close()  # type: ignore[attr-defined]
 
 
 #: The name the patch datasets use (one tile per chunk).
