@@ -18,6 +18,12 @@ convolution per output phase: the same math, exported as Conv nodes), and measur
 same rounds. Every timing sits next to its own matmul reference (best of ``--matmul-reps``
 products); the per-round matmul rates are reported with the rows.
 
+``--instances 1 2`` also measures the served uint8 graph as a throughput configuration: N
+ONNX Runtime sessions with ``threads / N`` intra-op threads each, every one running its own
+batch at the same time (what Triton does with ``instance_count: N`` and
+``intra_op_threads: 0``, i.e. cores / instances, as in ``export/cpu-throughput.yaml``). Its
+rows report the wall time of the N concurrent batches and tiles/s = N x batch / that time.
+
 Usage::
 
     .venv/bin/python benchmarks/export_latency.py --out docs/benchmarks/export.md
@@ -40,6 +46,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +125,7 @@ def bench_family(
     impls: list[str],
     matmul_reps: int,
     heads: list[str] | None = None,
+    instances: list[int] | None = None,
 ) -> list[dict]:
     arch, kwargs, label = FAMILIES[family]
     norm = {
@@ -125,6 +133,8 @@ def bench_family(
         "B": Normalization("zscore", "B", (170.0, 120.0, 160.0), (45.0, 60.0, 40.0)).to_dict(),
     }
     models = {}  # impl -> (tile model, served session, float session)
+    parallel: dict[tuple[str, int], list[ort.InferenceSession]] = {}
+    pool = ThreadPoolExecutor(max(instances or [1]))
     flops = 0.0
     heads = heads or ["rows"]
     for impl, head in [(i, h) for i in impls for h in heads]:
@@ -143,6 +153,9 @@ def bench_family(
             gen, torch.zeros(1, 3, tile, tile), out / "generator_float.onnx"
         )
         models[impl] = (tr, session(files.model, threads), session(float_path, threads))
+        for n in instances or [1]:
+            if n > 1:  # n concurrent sessions sharing the cores: the throughput configuration
+                parallel[impl, n] = [session(files.model, max(1, threads // n)) for _ in range(n)]
     ident = export_onnx(make_translator(torch.nn.Identity(), norm, 1), tmp / f"{family}_id")
     s_id = session(ident.model, threads)
     torch.set_num_threads(threads)
@@ -167,6 +180,16 @@ def bench_family(
             cases[("ONNX Runtime (float generator only)", impl)] = lambda xf=xf, s=s_f: s.run(
                 None, {"x": xf}
             )
+            for (p_impl, n), sessions in parallel.items():
+                if p_impl != impl:
+                    continue
+
+                def concurrent(x8: np.ndarray = x8, sessions: list = sessions) -> object:
+                    jobs = [pool.submit(s.run, ["OUTPUT"], {"INPUT": x8}) for s in sessions]
+                    return [j.result() for j in jobs]
+
+                name = f"ONNX Runtime (uint8 graph, served, {n} instances x {threads // n} thread)"
+                cases[(name, impl)] = concurrent
         cases[("ONNX Runtime (normalization + uint8 only)", "-")] = lambda x8=x8: s_id.run(
             ["OUTPUT"], {"INPUT": x8}
         )
@@ -188,7 +211,7 @@ def bench_family(
                 times[key].append(t)
                 refs[key].append(rate / 1e9)
                 work = 0.0 if "normalization" in key[0] else flops
-                fracs[key].append(work * b / t / rate)
+                fracs[key].append(work * b * n_batches(key[0]) / t / rate)
         for key in cases:
             name, impl = key
             t = statistics.median(times[key])
@@ -201,7 +224,8 @@ def bench_family(
                     "transpose_impl": impl,
                     "batch": b,
                     "ms_per_batch": 1e3 * t,
-                    "tiles_per_s": b / t,
+                    "tiles_per_s": b * n_batches(name) / t,
+                    "instances": n_batches(name),
                     "gflop_per_tile": 0.0 if "normalization" in name else flops / 1e9,
                     "fraction_of_limit": frac,
                     "spread": (max(times[key]) - min(times[key])) / t,
@@ -214,7 +238,13 @@ def bench_family(
                 f"{'/'.join(f'{r:.0f}' for r in refs[key])})",
                 flush=True,
             )
+    pool.shutdown()
     return rows
+
+
+def n_batches(runtime: str) -> int:
+    """Batches one timing of ``runtime`` processes (N for the N-instance rows, else 1)."""
+    return int(runtime.split(" instances")[0].rsplit(" ", 1)[1]) if " instances" in runtime else 1
 
 
 def render(rows: list[dict], meta: dict) -> str:
@@ -266,7 +296,10 @@ def render(rows: list[dict], meta: dict) -> str:
             found = [
                 r
                 for r in rows
-                if r["family"] == fam and key in r["runtime"] and r["transpose_impl"] in (impl, "-")
+                if r["family"] == fam
+                and key in r["runtime"]
+                and r["transpose_impl"] in (impl, "-")
+                and r["instances"] == 1
             ]
             return next((r for r in found if r["batch"] == top), None)
 
@@ -283,6 +316,19 @@ def render(rows: list[dict], meta: dict) -> str:
                 f"normalization and uint8 conversions alone take {norm['ms_per_batch']:.1f} ms "
                 f"= {share:.1f}% of the generator's time."
             )
+        for r in rows:  # the throughput configurations, if measured
+            if (
+                r["family"] == fam
+                and r["transpose_impl"] == impl
+                and r["batch"] == top
+                and r["instances"] > 1
+            ):
+                frac = r["fraction_of_limit"]
+                lines.append(
+                    f"- {fam} ({impl}), {r['instances']} concurrent instances: "
+                    f"{r['tiles_per_s']:.2f} tiles/s at batch {top} = {100 * frac:.0f}% of the "
+                    f"limit ({'meets' if frac >= 0.85 else 'misses'} the 85% target)."
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -315,6 +361,14 @@ def main() -> None:
         help="how a thin output convolution (the ResNet generator's 7x7 RGB head) is computed: "
         "rows (the models' default: row convolutions + column sum) or native (one convolution); "
         "several alternate",
+    )
+    ap.add_argument(
+        "--instances",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="also time N concurrent sessions of the served graph (threads / N each) for every "
+        "N > 1 given: the throughput configuration (Triton instance_count N)",
     )
     ap.add_argument("--matmul-reps", type=int, default=5, help="matmul products per reference")
     ap.add_argument("--out", type=Path, default=None, help="Markdown report to write")
@@ -355,6 +409,7 @@ def main() -> None:
                 args.transpose_impl,
                 args.matmul_reps,
                 args.thin_head,
+                args.instances,
             )
     limit_after = matmul_flops(args.threads)
     meta["matmul_gflops_after"] = limit_after / 1e9

@@ -92,8 +92,9 @@ def export(
         typer.Option(
             "--profile",
             "-p",
-            help="Export profile YAML (export/cpu.yaml, export/onnxruntime.yaml, "
-            "export/tensorrt-fp16.yaml, ...). Default: python backend + ONNX Runtime on CPU.",
+            help="Export profile YAML (export/cpu.yaml, export/cpu-throughput.yaml: two "
+            "instances for concurrent load, export/onnxruntime.yaml, export/tensorrt-fp16.yaml, "
+            "...). Default: python backend + ONNX Runtime on CPU, one instance.",
         ),
     ] = None,
     name: Annotated[

@@ -131,3 +131,19 @@ def test_broken_config_named(tmp_path: Path) -> None:
     (bad / "config.pbtxt").write_text("max_batch_size: banana\n")
     with pytest.raises(ExportError, match=r"broken/config\.pbtxt: not a valid config\.pbtxt"):
         list_models(tmp_path / "repo")
+
+
+def test_cpu_throughput_profile_is_the_cpu_profile_with_two_instances(repo_root: Path) -> None:
+    cpu = load_profile(repo_root / "export" / "cpu.yaml")
+    fast = load_profile(repo_root / "export" / "cpu-throughput.yaml")
+    assert fast.flavour == cpu.flavour == "python"
+    assert fast.triton.instance_count == 2 and cpu.triton.instance_count == 1
+    assert fast.triton.intra_op_threads == 0  # cores / instances on the serving machine
+    assert fast.parity == cpu.parity
+    cfg = build_config("unet_demo", "python", fast.triton, IDENTITY)
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    assert [(g.count, g.kind) for g in cfg.instance_group] == [(2, mc.ModelInstanceGroup.KIND_CPU)]
+    want = build_config("unet_demo", "python", cpu.triton, IDENTITY)
+    want.instance_group[0].count = 2
+    assert config_text(cfg) == config_text(want)
