@@ -9,6 +9,12 @@ decodes them with numcodecs. Decoding is done by the real codec libraries (Blosc
 numcodecs); only the addressing (chunk keys, the shard index) follows the zarr v3
 specification here.
 
+Shard files stay open (the last 32 per reader, read with ``pread``); for a batch of tiles
+(:meth:`ChunkReader.read_tiles`) they are also memory-mapped, so chunks decode straight from
+the page cache into the caller's array. The stores are read-only while training: a shard file
+cut short raises a clear error, but one cut short *while mapped* would end the process
+(SIGBUS), as with any memory-mapped reader.
+
 :meth:`ChunkReader.for_array` returns None for any other layout (other codecs, key
 encodings, storage transformers, big-endian data), and the callers fall back to zarr. Tests
 check that both paths return identical data.
