@@ -141,6 +141,8 @@ class PatchLoader:
         if self.num_workers == 0:
             _draw_base_seed(self.generator)  # as DataLoader: every iteration
             return self._local()
+        if self._pool is not None and self._pool.busy:
+            self.close()  # an earlier iteration stopped midway: its batches are in flight
         if self._pool is None:
             self._pool = _Pool(
                 self.dataset,
@@ -151,6 +153,7 @@ class PatchLoader:
                 _draw_base_seed(self.generator),  # as DataLoader: once per worker start
             )
             self._finalizer = weakref.finalize(self, self._pool.close)
+        self._pool.busy = True
         return self._pooled(self._pool)
 
     def close(self) -> None:
@@ -195,9 +198,13 @@ class PatchLoader:
                 pool.release(slot)
                 yield batch
             finished = True
+            pool.busy = False
         finally:
             if not finished:  # stopped early or failed: batches are still in flight
-                self.close()
+                if self._pool is pool:
+                    self.close()
+                else:  # a later iteration has replaced it already
+                    pool.close()
 
     def _normalized(self, raw: Mapping[str, np.ndarray], n: int) -> dict[str, torch.Tensor]:
         """The float32 batch from the raw arrays (``n`` items), in the next output buffer."""
@@ -304,8 +311,10 @@ class _Pool:
         self.layout = layout
         self.offsets, self.slot_bytes = _slot_plan(layout)
         n_slots = workers * prefetch
+        _check_shm_space(self.slot_bytes * n_slots, workers, prefetch)
         self.shm = SharedMemory(create=True, size=self.slot_bytes * n_slots)
         self.closed = False
+        self.busy = False  # an iteration over it has started and not finished
         self._views = [
             _slot_views(self.shm.buf, layout, self.offsets, s * self.slot_bytes)
             for s in range(n_slots)
@@ -417,6 +426,22 @@ class _Pool:
         self.shm.close()
         with contextlib.suppress(FileNotFoundError):
             self.shm.unlink()
+
+
+def _check_shm_space(need: int, workers: int, prefetch: int, where: str = "/dev/shm") -> None:
+    """A clear error instead of a bus error when the shared-memory file system is too small
+    for the ring (containers often mount 64 MB)."""
+    try:
+        st = os.statvfs(where)
+    except OSError:  # no /dev/shm (not Linux): the platform decides
+        return
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise DataError(
+            f"PatchLoader: {workers} workers x {prefetch} batches need {need / 2**20:.0f} MB of "
+            f"shared memory, {where} has {free / 2**20:.0f} MB free; use fewer workers or "
+            "smaller batches, or give the container more (docker run --shm-size=1g)"
+        )
 
 
 def _short(keys: Sequence[Any], most: int = 4) -> str:

@@ -217,3 +217,25 @@ def test_ctrl_c_and_killed_worker_leave_nothing(store: Path, tmp_path: Path) -> 
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert _shm() == before
+
+
+def test_a_new_iteration_replaces_an_unfinished_one(store: Path) -> None:
+    ds = PairedPatchDataset(store, "train", 8, augment=True, seed=3)
+    ref = _reference(ds, batch_size=4)
+    before = _shm()
+    loader = PatchLoader(ds, 4, num_workers=2)
+    first = iter(loader)
+    next(first)  # batches of the first iteration are still in flight
+    _same(loader, ref)  # a second iteration starts over with fresh workers
+    del first  # the abandoned iteration's clean-up must not stop the new workers
+    _same(loader, ref)
+    loader.close()
+    assert _shm() == before and not _ours()
+
+
+def test_too_little_shared_memory_is_a_clear_error(tmp_path: Path) -> None:
+    from stainbench.data.loader import _check_shm_space
+
+    _check_shm_space(1, 2, 2, str(tmp_path))
+    with pytest.raises(DataError, match=r"need \d+ MB of shared memory, .* MB free"):
+        _check_shm_space(2**62, 2, 2, str(tmp_path))
