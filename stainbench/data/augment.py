@@ -212,7 +212,8 @@ _KERNELS: dict[str, Any] = {}
 
 
 def _kernel(name: str = "transform") -> Any:
-    """A compiled loop (``transform``, ``draw``), or None where numba is not installed."""
+    """A compiled loop (``transform``, ``draw``, ``normalize``), or None where numba is not
+    installed."""
     if name not in _KERNELS:
         try:
             from stainbench.data import _augment_kernel as k
@@ -220,4 +221,5 @@ def _kernel(name: str = "transform") -> Any:
             k = None
         _KERNELS.setdefault("transform", k.transform_into if k is not None else None)
         _KERNELS.setdefault("draw", k.seeded_integers_into if k is not None else None)
+        _KERNELS.setdefault("normalize", k.normalize_into if k is not None else None)
     return _KERNELS[name]

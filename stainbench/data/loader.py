@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 
+from stainbench.data.augment import _kernel
 from stainbench.data.transforms import NORM_SUFFIX
 from stainbench.errors import DataError
 
@@ -251,10 +252,8 @@ def _norm_pairs(layout: Layout) -> tuple[str, ...]:
 
 def _normalize_into(raw: np.ndarray, params: np.ndarray, out: torch.Tensor) -> None:
     """``out = (float32(raw) - offset) / scale`` per item and channel, as ``normalize_raw``."""
-    from stainbench.data.transforms import _normalize_kernel
-
     n, c = raw.shape[0], raw.shape[1]
-    kernel = _normalize_kernel()
+    kernel = _kernel("normalize")
     if kernel is not None and raw.dtype in (np.uint8, np.uint16):
         kernel(raw.reshape(n, c, -1), params, out.numpy().reshape(n, c, -1))
         return

@@ -239,3 +239,13 @@ def test_too_little_shared_memory_is_a_clear_error(tmp_path: Path) -> None:
     _check_shm_space(1, 2, 2, str(tmp_path))
     with pytest.raises(DataError, match=r"need \d+ MB of shared memory, .* MB free"):
         _check_shm_space(2**62, 2, 2, str(tmp_path))
+
+
+def test_without_numba_the_same_batches(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stainbench.data.augment as augment
+
+    ds = PairedPatchDataset(store, "train", 8, "zscore", augment=True, seed=2)
+    ref = _reference(ds, batch_size=8)
+    for name in ("transform", "draw", "normalize"):
+        monkeypatch.setitem(augment._KERNELS, name, None)
+    _same(PatchLoader(ds, 8), ref)
