@@ -8,35 +8,43 @@ store's files evicted from the page cache before each run (``posix_fadvise DONTN
 own files only):
 
 1. ``read``: every file of the store read sequentially in 8 MB blocks (Python, one process):
-   the plain sequential read speed of the same files;
-2. ``stats``: ``recompute_store_stats`` (what ``stainbench data stats STORE`` runs) in a
+   the plain sequential read speed of the same files (the reference of the target);
+2. ``read_direct`` (``--read-direct``): the same with ``O_DIRECT`` (no page cache), for
+   reference only: the stats pass reads with ``O_DIRECT``, and this shows what that alone
+   does to a plain sequential read on this disk;
+3. ``stats``: ``recompute_store_stats`` (what ``stainbench data stats STORE`` runs) in a
    fresh process (one streaming pass: read, decompress, histogram, write the attributes),
-   timed twice: the ``recompute_store_stats`` call (``pass``) and the whole process with
-   its interpreter start-up and imports (``process``), with its peak RSS from
-   ``/usr/bin/time``; once per variant
+   timed twice: the ``recompute_store_stats`` call (``pass``: the compilation of the
+   counting kernels included) and the whole process with its interpreter start-up and
+   imports (``process``), with its peak RSS from ``/usr/bin/time``; once per variant
    (``--variants``): ``default`` (what ``stainbench data stats`` does: 2 threads per
-   CPU core, each reading, decompressing and counting its own blocks), ``cold`` (the same
-   with numba's on-disk cache of the counting kernels deleted first: the first run on a
-   machine, which compiles them), ``threadsN`` (N threads), ``procN`` (N spawned worker
-   processes), ``local`` (a local Dask cluster of 2 worker processes,
-   ``--scheduler local``), and with ``--compare-src DIR``
-   also ``src`` (the default pass of another stainbench source tree, e.g. an older commit
-   from ``git archive``, for before/after in one run).
+   CPU core, each reading (``O_DIRECT``), decompressing and counting its own blocks),
+   ``buffered`` (the same with buffered reads, ``direct_io=False``), ``threadsN`` (N
+   threads), ``procN`` (N spawned worker processes), ``local`` (a local Dask cluster of 2
+   worker processes, ``--scheduler local``), and with ``--compare-src DIR`` also ``src``
+   (the default pass of another stainbench source tree, e.g. an older commit from
+   ``git archive``, for before/after in one run).
 
-``ratio_pass`` / ``ratio_process`` = read time / stats time (>= 0.8 is the target). The
-files are deleted afterwards unless ``--keep``.
+The disk's speed drifts by 15-30% from minute to minute on this shared machine, so the
+sequence (evict, read, evict, each variant) is repeated ``--repeats`` times and the
+medians are reported (with every single time in the JSON). ``ratio_pass`` /
+``ratio_process`` = median read time / median stats time (>= 0.8 is the target);
+``ratio_pass_paired`` = the median of the per-repeat ratios (each stats run against the
+read just before it). The files are deleted afterwards unless ``--keep``.
 
-    .venv/bin/python benchmarks/data_stats_volume.py [--sizes 4,8] [--dir /tmp]
-        [--variants default,cold,threads1,threads2,proc2,local] [--compare-src DIR]
+    .venv/bin/python benchmarks/data_stats_volume.py [--sizes 4,8] [--dir /tmp] [--repeats 3]
+        [--variants default,buffered,threads2,proc2,local] [--compare-src DIR] [--read-direct]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,6 +104,26 @@ def sequential_read(path: Path) -> tuple[int, float]:
     return total, time.perf_counter() - start
 
 
+def sequential_read_direct(path: Path) -> tuple[int, float]:
+    """Every file read with ``O_DIRECT`` in 8 MB requests into one page-aligned buffer."""
+    buf = mmap.mmap(-1, 8 << 20)
+    total, start = 0, time.perf_counter()
+    for f in files_of(path):
+        fd = os.open(f, os.O_RDONLY | os.O_DIRECT)
+        try:
+            size, offset = os.fstat(fd).st_size, 0
+            while offset < size:
+                span = min(len(buf), -(-(size - offset) // 4096) * 4096)
+                n = os.preadv(fd, [memoryview(buf)[:span]], offset)
+                if n <= 0:
+                    break
+                offset += n
+            total += offset
+        finally:
+            os.close(fd)
+    return total, time.perf_counter() - start
+
+
 _RUN = """
 import sys, time
 start = time.perf_counter()
@@ -115,8 +143,10 @@ else:
         kwargs = {"processes": int(variant.removeprefix("proc"))}
     elif variant.startswith("threads"):
         kwargs = {"threads": int(variant.removeprefix("threads")), "processes": 1}
+    elif variant == "buffered":
+        kwargs = {"direct_io": False}
 imported = time.perf_counter()
-recompute_store_stats(sys.argv[1], **kwargs)  # default, cold: what 'data stats' runs
+recompute_store_stats(sys.argv[1], **kwargs)  # default: what 'data stats' runs
 print("PASS", imported - start, time.perf_counter() - imported)
 """
 
@@ -161,10 +191,12 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument(
         "--variants",
-        default="default,cold,threads1,threads2,proc2,local",
+        default="default,buffered,threads2,proc2,local",
         help="stats variants, comma separated",
     )
     parser.add_argument("--compare-src", default="", help="another stainbench source tree")
+    parser.add_argument("--repeats", type=int, default=3, help="read + variants, N times")
+    parser.add_argument("--read-direct", action="store_true", help="also time O_DIRECT reads")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v] + (["src"] if args.compare_src else [])
     uptime_before = _uptime()
@@ -177,36 +209,58 @@ def main() -> None:
             shape = write_volume(path, size)
             write_s = time.perf_counter() - t0
             raw = int(np.prod(shape)) * 2
+            reads: list[float] = []
+            direct_reads: list[float] = []
+            runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+            paired: dict[str, list[float]] = {v: [] for v in variants}
+            nbytes = 0
+            for repeat in range(args.repeats):
+                evict(path)
+                nbytes, read_s = sequential_read(path)
+                reads.append(read_s)
+                print(f"size {size:g} repeat {repeat}: read {read_s:.3f} s", flush=True)
+                if args.read_direct:
+                    evict(path)
+                    direct_reads.append(sequential_read_direct(path)[1])
+                    print(f"  read_direct {direct_reads[-1]:.3f} s", flush=True)
+                for variant in variants:
+                    evict(path)
+                    src = args.compare_src if variant == "src" else ""
+                    run = {**stats_pass(path, variant, src), "load_after": os.getloadavg()[0]}
+                    runs[variant].append(run)
+                    paired[variant].append(read_s / run["pass_s"])
+                    print(f"  {variant} {json.dumps(run)}", flush=True)
             evict(path)
-            nbytes, read_s = sequential_read(path)
+            read_again = sequential_read(path)[1]  # did the disk change meanwhile?
+            read_med = statistics.median(reads)
             row: dict = {
                 "size_gb": raw / 1e9,
                 "shape": list(shape),
                 "file_bytes": nbytes,
                 "compression": raw / nbytes,
                 "write_s": write_s,
-                "read_s": read_s,
-                "read_MBps_files": nbytes / 1e6 / read_s,
+                "read_s": read_med,
+                "read_all_s": reads,
+                "read_again_s": read_again,
+                "read_MBps_files": nbytes / 1e6 / read_med,
                 "stats": {},
             }
-            for variant in variants:
-                if variant == "cold":
-                    for f in Path("stainbench/data/__pycache__").glob("histkernels*.nb[ic]"):
-                        f.unlink()
-                evict(path)
-                src = args.compare_src if variant == "src" else ""
-                run = stats_pass(path, variant, src)
+            if direct_reads:
+                row["read_direct_s"] = statistics.median(direct_reads)
+                row["read_direct_all_s"] = direct_reads
+            for variant, vruns in runs.items():
+                med = {k: statistics.median(r[k] for r in vruns) for k in vruns[0]}
                 row["stats"][variant] = {
-                    **run,
-                    "MBps_files_pass": nbytes / 1e6 / run["pass_s"],
-                    "MBps_files_process": nbytes / 1e6 / run["process_s"],
-                    "ratio_pass": read_s / run["pass_s"],
-                    "ratio_process": read_s / run["process_s"],
-                    "load_after": os.getloadavg(),
+                    **med,
+                    "peak_rss_MB": max(r["peak_rss_MB"] for r in vruns),
+                    "pass_all_s": [r["pass_s"] for r in vruns],
+                    "MBps_files_pass": nbytes / 1e6 / med["pass_s"],
+                    "MBps_files_process": nbytes / 1e6 / med["process_s"],
+                    "ratio_pass": read_med / med["pass_s"],
+                    "ratio_process": read_med / med["process_s"],
+                    "ratio_pass_paired": statistics.median(paired[variant]),
                 }
                 print(variant, json.dumps(row["stats"][variant]), flush=True)
-            evict(path)
-            row["read_again_s"] = sequential_read(path)[1]  # did the disk change meanwhile?
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "stats"}), flush=True)
         finally:
@@ -219,6 +273,7 @@ def main() -> None:
         "uptime_before": uptime_before,
         "uptime_after": _uptime(),
         "compare_src": args.compare_src or None,
+        "repeats": args.repeats,
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
