@@ -10,16 +10,16 @@ own files only):
 1. ``read``: every file of the store read sequentially in 8 MB blocks (Python, one process):
    the plain sequential read speed of the same files (the reference of the target);
 2. ``read_direct`` (``--read-direct``): the same with ``O_DIRECT`` (no page cache), for
-   reference only: the stats pass reads with ``O_DIRECT``, and this shows what that alone
-   does to a plain sequential read on this disk;
+   reference only: what ``O_DIRECT`` alone does to a plain sequential read on this disk
+   (the ``direct`` variant of the pass reads that way);
 3. ``stats``: ``recompute_store_stats`` (what ``stainbench data stats STORE`` runs) in a
    fresh process (one streaming pass: read, decompress, histogram, write the attributes),
    timed twice: the ``recompute_store_stats`` call (``pass``: the compilation of the
    counting kernels included) and the whole process with its interpreter start-up and
    imports (``process``), with its peak RSS from ``/usr/bin/time``; once per variant
    (``--variants``): ``default`` (what ``stainbench data stats`` does: 2 threads per
-   CPU core, each reading (``O_DIRECT``), decompressing and counting its own blocks),
-   ``buffered`` (the same with buffered reads, ``direct_io=False``), ``threadsN`` (N
+   CPU core, each reading, decompressing and counting its own blocks), ``direct`` (the
+   same reading with ``O_DIRECT``, ``direct_io=True``), ``threadsN`` (N
    threads), ``procN`` (N spawned worker processes), ``local`` (a local Dask cluster of 2
    worker processes, ``--scheduler local``), and with ``--compare-src DIR`` also ``src``
    (the default pass of another stainbench source tree, e.g. an older commit from
@@ -33,7 +33,7 @@ medians are reported (with every single time in the JSON). ``ratio_pass`` /
 read just before it). The files are deleted afterwards unless ``--keep``.
 
     .venv/bin/python benchmarks/data_stats_volume.py [--sizes 4,8] [--dir /tmp] [--repeats 3]
-        [--variants default,buffered,threads2,proc2,local] [--compare-src DIR] [--read-direct]
+        [--variants default,direct,threads2,proc2,local] [--compare-src DIR] [--read-direct]
 """
 
 from __future__ import annotations
@@ -143,8 +143,8 @@ else:
         kwargs = {"processes": int(variant.removeprefix("proc"))}
     elif variant.startswith("threads"):
         kwargs = {"threads": int(variant.removeprefix("threads")), "processes": 1}
-    elif variant == "buffered":
-        kwargs = {"direct_io": False}
+    elif variant == "direct":
+        kwargs = {"direct_io": True}
 imported = time.perf_counter()
 recompute_store_stats(sys.argv[1], **kwargs)  # default: what 'data stats' runs
 print("PASS", imported - start, time.perf_counter() - imported)
@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument(
         "--variants",
-        default="default,buffered,threads2,proc2,local",
+        default="default,direct,threads2,proc2,local",
         help="stats variants, comma separated",
     )
     parser.add_argument("--compare-src", default="", help="another stainbench source tree")

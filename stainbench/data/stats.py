@@ -197,11 +197,11 @@ class ChunkScratch:
 
     ``direct_io``: read chunk files with ``O_DIRECT`` (the disk writes straight into the
     buffer, bypassing the page cache): half the system CPU time of buffered reads of cold
-    files here (0.45 against 1.0 s for 2.3 GB), which the 2-core pass is short of, and a
-    scan of a large volume no longer pushes everything else out of the page cache. Files
-    already cached are read from the disk again, though, so it suits a pass over a store at
-    rest (``stainbench data stats``), not one just written. Falls back to buffered reads
-    where the file system refuses ``O_DIRECT`` (tmpfs, some network file systems).
+    files here (0.45 against 1.0 s for 2.3 GB), and a scan of a large volume does not push
+    everything else out of the page cache. Off by default: on this machine's virtual disk
+    the reads themselves were slower (the 8 GB pass took 4.9 s against 4.0 s buffered,
+    ``docs/benchmarks/data.md``), and files already cached are read from the disk again.
+    Falls back to buffered reads where the file system refuses ``O_DIRECT``.
 
     Not thread-safe: one per thread.
     """
@@ -649,14 +649,13 @@ def recompute_store_stats(
     progress: Callable[[int, int], None] | None = None,
     threads: int = IN_PROCESS_THREADS,
     processes: int = 1,
-    direct_io: bool = True,
+    direct_io: bool = False,
 ) -> StatsResult:
     """Recompute and store the statistics of the complete store at ``path``.
 
     Replaces ``stats`` in the store's attributes and the per-tile arrays; the manifest (and
     its hash) are unchanged. ``scheduler``, ``threads`` and ``processes`` as in
-    :func:`compute_store_stats`; ``direct_io`` (on by default: a store at rest is read
-    once, mostly from the disk) as there and in :class:`ChunkScratch`.
+    :func:`compute_store_stats`; ``direct_io`` as there and in :class:`ChunkScratch`.
     """
     import zarr
 

@@ -1,4 +1,4 @@
-"""The volume statistics pass reads chunk files itself (reused buffers, optionally O_DIRECT):
+"""The volume statistics pass reads chunk files itself (reused buffers, O_DIRECT on request):
 every layout it meets gives the numbers numpy gives on the whole array, with direct and
 buffered reads, on threads and in one thread."""
 
