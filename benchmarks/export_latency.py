@@ -167,6 +167,7 @@ def bench_family(
         xf = rng.standard_normal((b, 3, tile, tile)).astype(np.float32)
         xt = torch.from_numpy(x8)
         cases: dict[tuple[str, str], Callable[[], object]] = {}
+        batches: dict[tuple[str, str], int] = {}  # batches one call of a case runs (instances)
         for impl, (tr, s_u8, s_f) in models.items():
 
             def eager(xt: torch.Tensor = xt, tr: torch.nn.Module = tr) -> object:
@@ -190,6 +191,7 @@ def bench_family(
 
                 name = f"ONNX Runtime (uint8 graph, served, {n} instances x {threads // n} thread)"
                 cases[(name, impl)] = concurrent
+                batches[(name, impl)] = n
         cases[("ONNX Runtime (normalization + uint8 only)", "-")] = lambda x8=x8: s_id.run(
             ["OUTPUT"], {"INPUT": x8}
         )
@@ -211,7 +213,7 @@ def bench_family(
                 times[key].append(t)
                 refs[key].append(rate / 1e9)
                 work = 0.0 if "normalization" in key[0] else flops
-                fracs[key].append(work * b * n_batches(key[0]) / t / rate)
+                fracs[key].append(work * b * batches.get(key, 1) / t / rate)
         for key in cases:
             name, impl = key
             t = statistics.median(times[key])
@@ -224,8 +226,8 @@ def bench_family(
                     "transpose_impl": impl,
                     "batch": b,
                     "ms_per_batch": 1e3 * t,
-                    "tiles_per_s": b * n_batches(name) / t,
-                    "instances": n_batches(name),
+                    "tiles_per_s": b * batches.get(key, 1) / t,
+                    "instances": batches.get(key, 1),
                     "gflop_per_tile": 0.0 if "normalization" in name else flops / 1e9,
                     "fraction_of_limit": frac,
                     "spread": (max(times[key]) - min(times[key])) / t,
@@ -240,11 +242,6 @@ def bench_family(
             )
     pool.shutdown()
     return rows
-
-
-def n_batches(runtime: str) -> int:
-    """Batches one timing of ``runtime`` processes (N for the N-instance rows, else 1)."""
-    return int(runtime.split(" instances")[0].rsplit(" ", 1)[1]) if " instances" in runtime else 1
 
 
 def render(rows: list[dict], meta: dict) -> str:

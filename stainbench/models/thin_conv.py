@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ThinConvImpl = Literal["native", "rows", "export"]
+ThinConvImpl = Literal["native", "rows"]
 
 
 def row_split_conv2d(
@@ -62,16 +62,15 @@ class ThinConv2d(nn.Conv2d):
 
     Same parameters, initialization and ``state_dict`` keys as ``nn.Conv2d`` (checkpoints of
     either load into the other); only stride 1, dilation 1, groups 1 and zero padding are
-    split, anything else runs the plain convolution. ``impl``: ``"native"`` always the plain
-    convolution, ``"rows"`` always the split, ``"export"`` the split only while tracing an ONNX
-    export (what measured fastest: ONNX Runtime gains, torch's oneDNN does not; see
-    ``docs/benchmarks/export.md``).
+    split, anything else runs the plain convolution. ``impl``: ``"rows"`` (default) the split,
+    in PyTorch and in exported ONNX graphs (faster in both here: ``docs/benchmarks/export.md``),
+    ``"native"`` the plain convolution.
     """
 
-    def __init__(self, *args: object, impl: ThinConvImpl = "export", **kwargs: object) -> None:
+    def __init__(self, *args: object, impl: ThinConvImpl = "rows", **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        if impl not in ("native", "rows", "export"):
-            raise ValueError(f"impl must be 'native', 'rows' or 'export', got {impl!r}")
+        if impl not in ("native", "rows"):
+            raise ValueError(f"impl must be 'native' or 'rows', got {impl!r}")
         self.impl = impl
         k_h = self.kernel_size[0]
         self._split_ok = (
@@ -91,10 +90,7 @@ class ThinConv2d(nn.Conv2d):
         return super().extra_repr() + f", impl={self.impl}"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        split = self._split_ok and (
-            self.impl == "rows" or (self.impl == "export" and torch.onnx.is_in_onnx_export())
-        )
-        if not split:
+        if not (self._split_ok and self.impl == "rows"):
             return super().forward(input)
         return row_split_conv2d(
             input,

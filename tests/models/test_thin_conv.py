@@ -45,16 +45,16 @@ def test_state_dict_initialization_and_impls() -> None:
     torch.manual_seed(0)
     ref = nn.Conv2d(4, 3, 7)
     torch.manual_seed(0)
-    thin = ThinConv2d(4, 3, 7)
+    thin = ThinConv2d(4, 3, 7, impl="native")
     # same parameters, same initialization (same RNG draws), no extra state: checkpoints of
     # either load into the other
     assert list(thin.state_dict()) == ["weight", "bias"]
     torch.testing.assert_close(thin.weight, ref.weight, atol=0, rtol=0)
     ref.load_state_dict(thin.state_dict())
     x = torch.randn(1, 4, 12, 12)
-    # "export" (the default) runs the plain kernel in eager mode: bitwise nn.Conv2d
+    # "native" runs the plain kernel: bitwise nn.Conv2d
     torch.testing.assert_close(thin(x), ref(x), atol=0, rtol=0)
-    assert "impl=export" in repr(thin)
+    assert "impl=native" in repr(thin) and "impl=rows" in repr(ThinConv2d(4, 3, 7))
     with pytest.raises(ValueError, match="impl"):
         ThinConv2d(4, 3, 7, impl="fast")  # type: ignore[arg-type]
 
@@ -83,7 +83,7 @@ def test_row_sum_weight_is_one_hot_per_row() -> None:
 
 def test_export_graph_uses_the_split_and_matches_eager(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    layer = ThinConv2d(8, 3, 7, padding=3)  # impl "export"
+    layer = ThinConv2d(8, 3, 7, padding=3)  # impl "rows", the default
     path = tmp_path / "thin.onnx"
     x = torch.randn(2, 8, 20, 16)
     with torch.no_grad():
@@ -96,7 +96,7 @@ def test_export_graph_uses_the_split_and_matches_eager(tmp_path: Path) -> None:
             input_names=["x"],
             dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}},
         )
-        want = layer(x).numpy()  # eager: the plain kernel
+        want = layer(x).numpy()
     convs = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
     assert len(convs) == 2  # row convolution + grouped column sum
     assert any(a.name == "group" and a.i == 3 for a in convs[1].attribute)
