@@ -9,17 +9,13 @@ own files only):
 
 1. ``read``: every file of the store read sequentially in 8 MB blocks (Python, one process):
    the plain sequential read speed of the same files (the reference of the target);
-2. ``read_direct`` (``--read-direct``): the same with ``O_DIRECT`` (no page cache), for
-   reference only: what ``O_DIRECT`` alone does to a plain sequential read on this disk
-   (the ``direct`` variant of the pass reads that way);
-3. ``stats``: ``recompute_store_stats`` (what ``stainbench data stats STORE`` runs) in a
+2. ``stats``: ``recompute_store_stats`` (what ``stainbench data stats STORE`` runs) in a
    fresh process (one streaming pass: read, decompress, histogram, write the attributes),
    timed twice: the ``recompute_store_stats`` call (``pass``: the compilation of the
    counting kernels included) and the whole process with its interpreter start-up and
    imports (``process``), with its peak RSS from ``/usr/bin/time``; once per variant
    (``--variants``): ``default`` (what ``stainbench data stats`` does: 2 threads per
-   CPU core, each reading, decompressing and counting its own blocks), ``direct`` (the
-   same reading with ``O_DIRECT``, ``direct_io=True``), ``threadsN`` (N
+   CPU core, each reading, decompressing and counting its own blocks), ``threadsN`` (N
    threads), ``procN`` (N spawned worker processes), ``local`` (a local Dask cluster of 2
    worker processes, ``--scheduler local``), and with ``--compare-src DIR`` also ``src``
    (the default pass of another stainbench source tree, e.g. an older commit from
@@ -33,14 +29,13 @@ medians are reported (with every single time in the JSON). ``ratio_pass`` /
 read just before it). The files are deleted afterwards unless ``--keep``.
 
     .venv/bin/python benchmarks/data_stats_volume.py [--sizes 4,8] [--dir /tmp] [--repeats 3]
-        [--variants default,direct,threads2,proc2,local] [--compare-src DIR] [--read-direct]
+        [--variants default,threads2,proc2,local] [--compare-src DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import mmap
 import os
 import platform
 import shutil
@@ -104,26 +99,6 @@ def sequential_read(path: Path) -> tuple[int, float]:
     return total, time.perf_counter() - start
 
 
-def sequential_read_direct(path: Path) -> tuple[int, float]:
-    """Every file read with ``O_DIRECT`` in 8 MB requests into one page-aligned buffer."""
-    buf = mmap.mmap(-1, 8 << 20)
-    total, start = 0, time.perf_counter()
-    for f in files_of(path):
-        fd = os.open(f, os.O_RDONLY | os.O_DIRECT)
-        try:
-            size, offset = os.fstat(fd).st_size, 0
-            while offset < size:
-                span = min(len(buf), -(-(size - offset) // 4096) * 4096)
-                n = os.preadv(fd, [memoryview(buf)[:span]], offset)
-                if n <= 0:
-                    break
-                offset += n
-            total += offset
-        finally:
-            os.close(fd)
-    return total, time.perf_counter() - start
-
-
 _RUN = """
 import sys, time
 start = time.perf_counter()
@@ -143,8 +118,6 @@ else:
         kwargs = {"processes": int(variant.removeprefix("proc"))}
     elif variant.startswith("threads"):
         kwargs = {"threads": int(variant.removeprefix("threads")), "processes": 1}
-    elif variant == "direct":
-        kwargs = {"direct_io": True}
 imported = time.perf_counter()
 recompute_store_stats(sys.argv[1], **kwargs)  # default: what 'data stats' runs
 print("PASS", imported - start, time.perf_counter() - imported)
@@ -191,12 +164,11 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument(
         "--variants",
-        default="default,direct,threads2,proc2,local",
+        default="default,threads2,proc2,local",
         help="stats variants, comma separated",
     )
     parser.add_argument("--compare-src", default="", help="another stainbench source tree")
     parser.add_argument("--repeats", type=int, default=3, help="read + variants, N times")
-    parser.add_argument("--read-direct", action="store_true", help="also time O_DIRECT reads")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v] + (["src"] if args.compare_src else [])
     uptime_before = _uptime()
@@ -210,7 +182,6 @@ def main() -> None:
             write_s = time.perf_counter() - t0
             raw = int(np.prod(shape)) * 2
             reads: list[float] = []
-            direct_reads: list[float] = []
             runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
             paired: dict[str, list[float]] = {v: [] for v in variants}
             nbytes = 0
@@ -219,10 +190,6 @@ def main() -> None:
                 nbytes, read_s = sequential_read(path)
                 reads.append(read_s)
                 print(f"size {size:g} repeat {repeat}: read {read_s:.3f} s", flush=True)
-                if args.read_direct:
-                    evict(path)
-                    direct_reads.append(sequential_read_direct(path)[1])
-                    print(f"  read_direct {direct_reads[-1]:.3f} s", flush=True)
                 for variant in variants:
                     evict(path)
                     src = args.compare_src if variant == "src" else ""
@@ -245,9 +212,6 @@ def main() -> None:
                 "read_MBps_files": nbytes / 1e6 / read_med,
                 "stats": {},
             }
-            if direct_reads:
-                row["read_direct_s"] = statistics.median(direct_reads)
-                row["read_direct_all_s"] = direct_reads
             for variant, vruns in runs.items():
                 med = {k: statistics.median(r[k] for r in vruns) for k in vruns[0]}
                 row["stats"][variant] = {

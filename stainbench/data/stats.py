@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-import mmap
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -60,7 +58,7 @@ def n_bins(dtype: np.dtype | str) -> int:
 
 def channel_histograms(x: np.ndarray) -> np.ndarray:
     """Per-channel histogram of ``x`` (``(..., C)`` uint8/uint16): int64 ``(C, bins)``."""
-    from stainbench.data.histkernels import ChannelCounter  # numba: loaded when counting
+    from stainbench.data.histkernels import ChannelCounter  # compiled on first use
 
     counter = ChannelCounter(x.shape[-1], n_bins(x.dtype))
     counter.add(x)
@@ -191,25 +189,15 @@ def run_block(store_path: str, block: Block, scratch: ChunkScratch | None = None
 
 class ChunkScratch:
     """One thread's state for counting blocks: a :class:`ChunkReader` per array (its
-    ``zarr.json`` parsed once, not once per block) and reused buffers for the compressed
-    bytes and the decoded chunk, so that reading a chunk allocates nothing (a fresh 1 MB
-    buffer per chunk costs page faults comparable to decoding it).
-
-    ``direct_io``: read chunk files with ``O_DIRECT`` (the disk writes straight into the
-    buffer, bypassing the page cache): half the system CPU time of buffered reads of cold
-    files here (0.45 against 1.0 s for 2.3 GB), and a scan of a large volume does not push
-    everything else out of the page cache. Off by default: on this machine's virtual disk
-    the reads themselves were slower (the 8 GB pass took 4.9 s against 4.0 s buffered,
-    ``docs/benchmarks/data.md``), and files already cached are read from the disk again.
-    Falls back to buffered reads where the file system refuses ``O_DIRECT``.
+    ``zarr.json`` parsed once, not once per block; its read buffer reused) and a reused
+    chunk-shaped buffer to decode into, so that counting a chunk allocates nothing (a fresh
+    1 MB buffer per chunk costs page faults comparable to decoding it).
 
     Not thread-safe: one per thread.
     """
 
-    def __init__(self, direct_io: bool = False) -> None:
-        self.direct_io = direct_io and hasattr(os, "O_DIRECT")
+    def __init__(self) -> None:
         self._readers: dict[str, Any] = {}
-        self._raw: mmap.mmap | bytearray = bytearray(0)
         self._decoded: dict[str, np.ndarray] = {}
 
     def reader(self, folder: str) -> Any:
@@ -231,91 +219,9 @@ class ChunkScratch:
         chunk = self._decoded.get(key)
         if chunk is None:
             chunk = self._decoded[key] = np.empty(reader.chunks, dtype=reader.dtype)
-        full = _full(region, reader.shape)
-        bounds = [sl.indices(n)[:2] for sl, n in zip(full, reader.shape, strict=True)]
-        if any(b <= a for a, b in bounds):
-            return counter.totals()
-        grid = [range(a // c, -(-b // c)) for (a, b), c in zip(bounds, reader.chunks, strict=True)]
-        for coords in itertools.product(*grid):
-            self._decode(reader, coords, chunk)
-            src = []
-            for (a, b), c, k in zip(bounds, reader.chunks, coords, strict=True):
-                src.append(slice(max(a, k * c) - k * c, min(b, (k + 1) * c) - k * c))
-            part = chunk[tuple(src)]
+        for _, part in reader.iter_region(region, out=chunk):
             counter.add(part)
         return counter.totals()
-
-    def _decode(self, reader: Any, coords: tuple[int, ...], out: np.ndarray) -> None:
-        """Decode the chunk at grid ``coords`` into ``out``.
-
-        Unsharded little-endian chunks: the file is read into the reused buffer and Blosc
-        decodes it into ``out`` (numcodecs; the GIL is released for both). Anything else
-        (shards, missing chunks = fill value, an unexpectedly large file) goes through
-        :meth:`ChunkReader.read_chunk`, which handles every layout it accepts.
-        """
-        if reader.shards is not None or (sys.byteorder != "little" and out.itemsize > 1):
-            reader.read_chunk(coords, out=out)
-            return
-        import numcodecs.blosc
-
-        need = out.nbytes + 2 * _ALIGN  # Blosc output: at most the data + a 16-byte header
-        if len(self._raw) < need:
-            # page-aligned (anonymous mmap): reading cold files into a malloc'ed bytearray
-            # cost twice the system time here (1.8 s against 0.9 s for 2.3 GB of files)
-            self._raw = mmap.mmap(-1, need)
-        path = "/".join((str(reader.folder), "c", *map(str, coords)))  # default key encoding
-        n = self._read_file(path)
-        if n is None or n >= len(self._raw) - _ALIGN:  # missing: the fill value; too large
-            reader.read_chunk(coords, out=out)  # for a Blosc chunk: let the reader decide
-            return
-        numcodecs.blosc.decompress(memoryview(self._raw)[:n], out.reshape(-1).view(np.uint8))
-
-    def _read_file(self, path: str) -> int | None:
-        """Read the file ``path`` into the start of the buffer; its size, None if missing.
-
-        Direct reads ask for the file size rounded up to the block size (``O_DIRECT`` needs
-        aligned lengths; the page-aligned buffer has room), never the whole buffer: the
-        kernel pins every page asked for (a 4 MB request per 0.6 MB file cost more system
-        time than buffered reads)."""
-        flags = os.O_RDONLY | (os.O_DIRECT if self.direct_io else 0)
-        try:
-            fd = os.open(path, flags)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            if not self.direct_io:
-                raise
-            self.direct_io = False  # O_DIRECT refused here: buffered from now on
-            return self._read_file(path)
-        try:
-            if not self.direct_io:
-                return os.readv(fd, [self._raw])
-            size = os.fstat(fd).st_size
-            span = min(len(self._raw), -(-size // _ALIGN) * _ALIGN)
-            try:
-                n = os.preadv(fd, [memoryview(self._raw)[:span]], 0)
-            except OSError:
-                self.direct_io = False  # e.g. a larger block size than _ALIGN
-                return self._read_file(path)
-            if n != min(size, span):  # a short direct read: read this file the usual way
-                self.direct_io = False
-                n = self._read_file(path)
-                self.direct_io = True
-            return n
-        finally:
-            os.close(fd)
-
-
-#: Alignment of direct reads (length and buffer): the usual logical block and page size.
-_ALIGN = 4096
-
-
-def _full(region: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
-    """``region`` padded with whole-axis slices to ``len(shape)`` axes; steps must be 1."""
-    out = tuple(region) + (slice(None),) * (len(shape) - len(region))
-    if len(out) != len(shape) or any(sl.step not in (None, 1) for sl in out):
-        raise ValueError("only contiguous slices are supported")
-    return out
 
 
 def histogram_block(block: Block, data: np.ndarray) -> BlockResult:
@@ -404,7 +310,6 @@ def compute_store_stats(
     progress: Callable[[int, int], None] | None = None,
     threads: int = IN_PROCESS_THREADS,
     processes: int = 1,
-    direct_io: bool = False,
 ) -> StatsResult:
     """Compute all statistics of a store in one pass over its chunks.
 
@@ -418,7 +323,6 @@ def compute_store_stats(
     bounded per process; each pays its own start-up). The numbers are identical in every case
     (integer histograms add up in any order).
     ``progress(done_bytes, total_bytes)`` is called after each block.
-    ``direct_io``: threads read chunk files with ``O_DIRECT`` (see :class:`ChunkScratch`).
     """
     blocks = plan_blocks(store)
     sizes = _block_sizes(store, blocks)
@@ -428,7 +332,7 @@ def compute_store_stats(
     if processes < 1 or threads < 1:
         raise DataError(f"statistics: threads ({threads}) and processes ({processes}) must be >= 1")
     parallel = (threads, processes)
-    results = _iter_results(str(store.path), blocks, sizes, scheduler, parallel, direct_io)
+    results = _iter_results(str(store.path), blocks, sizes, scheduler, parallel)
     for result, size in results:
         acc.add(result)
         done += size
@@ -460,10 +364,9 @@ def _iter_results(
     sizes: list[int],
     scheduler: str | None,
     parallel: tuple[int, int],
-    direct_io: bool = False,
 ) -> Iterator[tuple[BlockResult, int]]:
     if scheduler is None:
-        yield from _pooled(path, blocks, sizes, *parallel, direct_io=direct_io)
+        yield from _pooled(path, blocks, sizes, *parallel)
         return
     from distributed import Client, LocalCluster, as_completed
 
@@ -500,7 +403,6 @@ def _pooled(
     sizes: list[int],
     threads: int,
     processes: int,
-    direct_io: bool = False,
 ) -> Iterator[tuple[BlockResult, int]]:
     """Blocks in this machine: on ``processes`` spawned processes when > 1, otherwise on
     ``threads`` threads of this process; at most ``workers + 1`` blocks in flight.
@@ -513,7 +415,7 @@ def _pooled(
     from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 
     if processes <= 1 and threads <= 1:
-        scratch = ChunkScratch(direct_io)
+        scratch = ChunkScratch()
         for block, size in zip(blocks, sizes, strict=True):
             yield run_block(path, block, scratch), size
         return
@@ -524,7 +426,7 @@ def _pooled(
         task: Callable[[str, Block], BlockResult] = run_block
     else:
         pool, workers = ThreadPoolExecutor(threads, thread_name_prefix="stats"), threads
-        task = functools.partial(_run_in_thread, threading.local(), direct_io=direct_io)
+        task = functools.partial(_run_in_thread, threading.local())
     with pool:
         pending: list[tuple[Future[BlockResult], int]] = []
         for block, size in zip(blocks, sizes, strict=True):
@@ -536,14 +438,12 @@ def _pooled(
             yield future.result(), done_size
 
 
-def _run_in_thread(
-    local: threading.local, path: str, block: Block, direct_io: bool = False
-) -> BlockResult:
+def _run_in_thread(local: threading.local, path: str, block: Block) -> BlockResult:
     """:func:`run_block` with the calling thread's :class:`ChunkScratch` (kept in ``local``,
     which belongs to one pass)."""
     scratch = getattr(local, "scratch", None)
     if scratch is None:
-        scratch = local.scratch = ChunkScratch(direct_io)
+        scratch = local.scratch = ChunkScratch()
     return run_block(path, block, scratch)
 
 
@@ -649,13 +549,12 @@ def recompute_store_stats(
     progress: Callable[[int, int], None] | None = None,
     threads: int = IN_PROCESS_THREADS,
     processes: int = 1,
-    direct_io: bool = False,
 ) -> StatsResult:
     """Recompute and store the statistics of the complete store at ``path``.
 
     Replaces ``stats`` in the store's attributes and the per-tile arrays; the manifest (and
     its hash) are unchanged. ``scheduler``, ``threads`` and ``processes`` as in
-    :func:`compute_store_stats`; ``direct_io`` as there and in :class:`ChunkScratch`.
+    :func:`compute_store_stats`.
     """
     import zarr
 
@@ -668,7 +567,6 @@ def recompute_store_stats(
         progress=progress,
         threads=threads,
         processes=processes,
-        direct_io=direct_io,
     )
     group = zarr.open_group(str(store.path), mode="r+")
     write_per_image(group, result.per_image)

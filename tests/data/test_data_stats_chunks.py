@@ -1,6 +1,5 @@
-"""The volume statistics pass reads chunk files itself (reused buffers, O_DIRECT on request):
-every layout it meets gives the numbers numpy gives on the whole array, with direct and
-buffered reads, on threads and in one thread."""
+"""The volume statistics pass decodes chunk by chunk into reused buffers: every layout it
+meets gives the numbers numpy gives on the whole array, on threads and in one thread."""
 
 from __future__ import annotations
 
@@ -63,9 +62,9 @@ def test_volume_pass_matches_numpy_for_every_layout(
     grid = math.prod(math.ceil(s / c) for s, c in zip(reader.shape, outer, strict=True))
     assert 0 < len(files) < grid  # the all-zero chunks (or shards) were not written
     runs = [
-        recompute_store_stats(tmp_path / "v.zarr", threads=3, direct_io=True),
-        recompute_store_stats(tmp_path / "v.zarr", threads=3, direct_io=False),
-        recompute_store_stats(tmp_path / "v.zarr", threads=1, direct_io=True),
+        recompute_store_stats(tmp_path / "v.zarr", threads=3),
+        recompute_store_stats(tmp_path / "v.zarr", threads=2),
+        recompute_store_stats(tmp_path / "v.zarr", threads=1),
     ]
     assert runs[0].stats == runs[1].stats == runs[2].stats
     assert runs[0].nbytes == vol.nbytes
@@ -83,7 +82,7 @@ def test_scratch_counts_regions_and_falls_back_on_odd_files(tmp_path: Path) -> N
     folder = tmp_path / "v.zarr" / "volumes" / "v" / "A"
     reader = ChunkReader.for_array(folder)
     assert reader is not None
-    scratch = ChunkScratch(direct_io=True)
+    scratch = ChunkScratch()
     region = (slice(2, 13), slice(5, 39))  # cuts through chunks, covers missing ones
 
     def expected() -> np.ndarray:
