@@ -85,12 +85,11 @@ def _entropy_words(keys: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarra
     two (low first) from 2**32; None for values this does not cover (numpy decides)."""
     if not keys:
         return np.zeros((0, 1), dtype=np.uint32), np.zeros(0, dtype=np.int64)
-    arr = np.asarray(keys, dtype=object)
-    if arr.ndim != 2:
-        return None
     try:
-        vals = np.asarray(keys, dtype=np.int64)
+        vals = np.asarray(keys, dtype=np.int64)  # ragged keys raise ValueError
     except (OverflowError, TypeError, ValueError):
+        return None
+    if vals.ndim != 2:
         return None
     if (vals < 0).any():
         return None

@@ -152,14 +152,10 @@ class _StoreDataset(Dataset):
             out[j] = arr[int(t)]
         return out
 
-    def _rng(self, index: int) -> np.random.Generator | None:
-        if not self.augment:
-            return None
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
-
     def _keys(self, indices: Sequence[int]) -> list[tuple[int, int, int]] | None:
         """The ``default_rng`` keys of items ``indices`` (None: no augmentation), for
-        :func:`~stainbench.data.augment.seeded_integers` (the same numbers as :meth:`_rng`)."""
+        :func:`~stainbench.data.augment.seeded_integers` (the numbers
+        ``numpy.random.default_rng(key)`` would draw)."""
         if not self.augment:
             return None
         return [(self.seed, self.epoch, int(i)) for i in indices]
