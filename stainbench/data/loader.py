@@ -54,8 +54,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 
-from stainbench.data.augment import _kernel
-from stainbench.data.transforms import NORM_SUFFIX
+from stainbench.data.transforms import NORM_SUFFIX, normalize_raw
 from stainbench.errors import DataError
 
 Layout = dict[str, tuple[tuple[int, ...], np.dtype]]
@@ -251,16 +250,8 @@ def _norm_pairs(layout: Layout) -> tuple[str, ...]:
 
 
 def _normalize_into(raw: np.ndarray, params: np.ndarray, out: torch.Tensor) -> None:
-    """``out = (float32(raw) - offset) / scale`` per item and channel, as ``normalize_raw``."""
-    n, c = raw.shape[0], raw.shape[1]
-    kernel = _kernel("normalize")
-    if kernel is not None and raw.dtype in (np.uint8, np.uint16):
-        kernel(raw.reshape(n, c, -1), params, out.numpy().reshape(n, c, -1))
-        return
-    shape = (n, c, *([1] * (raw.ndim - 2)))
-    p = torch.from_numpy(params)
-    out.copy_(torch.from_numpy(raw))
-    out.sub_(p[:, 0].reshape(shape)).div_(p[:, 1].reshape(shape))
+    """``out = (float32(raw) - offset) / scale`` per item and channel (``normalize_raw``)."""
+    normalize_raw(torch.from_numpy(raw), torch.from_numpy(params), out=out)
 
 
 def _draw_base_seed(generator: torch.Generator | None) -> int:

@@ -214,16 +214,17 @@ def _to_float(x: Any) -> Any:
     return x.float()
 
 
-def normalize_raw(raw: Any, params: Any) -> Any:
+def normalize_raw(raw: Any, params: Any, out: Any = None) -> Any:
     """Raw patches to normalized float32: ``(raw - offset) / scale`` per channel.
 
     ``raw``: integer (uint8/uint16) tensor ``(*L, C, ...)`` - an item ``(C, H, W)`` /
     ``(C, D, H, W)`` or a batch with leading dims ``L = (B,)``; ``params``: float32 ``(*L, 2, C)``
     (:meth:`Normalization.params`, collated). Returns a new float32 tensor of ``raw``'s shape,
-    on ``raw``'s device. Element by element the same float32 operations as
-    :meth:`Normalization.forward`, so the results are bit-identical. Integer tensors on the
-    CPU go through one compiled pass (numba: 3x faster than torch's conversion, subtraction
-    and division passes); others through torch.
+    on ``raw``'s device, or ``out`` (a contiguous float32 CPU tensor of that shape) filled.
+    Element by element the same float32 operations as :meth:`Normalization.forward`, so
+    the results are bit-identical. Integer tensors on the CPU go through one compiled pass
+    (numba: 3x faster than torch's conversion, subtraction and division passes); others
+    through torch.
     """
     import torch
 
@@ -242,7 +243,8 @@ def normalize_raw(raw: Any, params: Any) -> Any:
         for d in lead:
             n *= int(d)
         x = raw.contiguous()
-        out = torch.empty(raw.shape, dtype=torch.float32)
+        if out is None:
+            out = torch.empty(raw.shape, dtype=torch.float32)
         if out.numel():
             kernel(
                 x.numpy().reshape(n, c, -1),
@@ -250,9 +252,12 @@ def normalize_raw(raw: Any, params: Any) -> Any:
                 out.numpy().reshape(n, c, -1),
             )
         return out
-    out = raw.to(torch.float32)  # exact for 8- and 16-bit integers; a new tensor
-    if out.data_ptr() == raw.data_ptr():  # already float32: never modify the caller's tensor
-        out = out.clone()
+    if out is not None:
+        out.copy_(raw)  # exact for 8- and 16-bit integers
+    else:
+        out = raw.to(torch.float32)  # a new tensor
+        if out.data_ptr() == raw.data_ptr():  # already float32: never modify the caller's
+            out = out.clone()
     out.sub_(p[..., 0, :].reshape(shape))
     out.div_(p[..., 1, :].reshape(shape))
     return out
@@ -277,15 +282,9 @@ def normalize_batch(batch: Mapping[str, Any], device: Any = None) -> dict[str, A
     return out
 
 
-_KERNELS: dict[str, Any] = {}
-
-
 def _normalize_kernel() -> Any:
-    """The compiled normalization loop, or None where numba is not installed."""
-    if "normalize" not in _KERNELS:
-        try:
-            from stainbench.data._augment_kernel import normalize_into
-        except ImportError:  # numba missing: torch's passes give the same, slower
-            normalize_into = None
-        _KERNELS["normalize"] = normalize_into
-    return _KERNELS["normalize"]
+    """The compiled normalization loop (shared with the patch pipeline's kernels), or None
+    where numba is not installed."""
+    from stainbench.data.augment import _kernel
+
+    return _kernel("normalize")
