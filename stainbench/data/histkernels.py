@@ -160,8 +160,20 @@ def count_items(items: np.ndarray, out: np.ndarray) -> None:
     ``(B, C, n_bins)`` C-contiguous int64 (added to)."""
     if items.ndim != 3 or out.ndim != 3 or out.shape[:2] != (items.shape[0], items.shape[2]):
         raise ValueError(f"items (B, P, C) and out (B, C, bins) differ: {items.shape} {out.shape}")
-    for k in range(items.shape[0]):
-        count_channels(items[k].reshape(-1), items.shape[2], out[k])
+    if not items.size:
+        return
+    # checked once for the whole batch (the same checks as count_channels), then one kernel
+    # call per item at its offset: per-item checks and lookups cost ~7% of a 256 x 256 tile
+    if not items.flags.c_contiguous or not out.flags.c_contiguous:
+        raise ValueError("items and out must be C-contiguous")
+    count_channels(items[0].reshape(-1), items.shape[2], out[0])
+    kernel = _kernel(items.dtype, out.dtype)
+    b, p, c = items.shape
+    for k in range(1, b):
+        kernel(
+            items.ctypes.data + k * items.strides[0], p, c, out.ctypes.data + k * out.strides[0],
+            out.shape[2],
+        )  # fmt: skip
 
 
 class ChannelCounter:

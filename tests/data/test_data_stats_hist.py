@@ -100,6 +100,13 @@ def test_batch_histograms_count_each_item() -> None:
     for k in range(5):
         np.testing.assert_array_equal(per[k], _reference(x[k]))
     assert batch_histograms(x[:0]).shape == (0, 3, 256)
+    y = rng.integers(0, 65536, (4, 5, 6, 2)).astype(np.uint16)  # uint16, 2 channels
+    per = batch_histograms(y)
+    for k in range(4):
+        np.testing.assert_array_equal(per[k], _reference(y[k]))
+    out = np.zeros((4, 2, 65536), dtype=np.int64)[:, :, ::2]  # a strided out: refused
+    with pytest.raises(ValueError, match="C-contiguous"):
+        histkernels.count_items(y.reshape(4, -1, 2), out)
 
 
 def test_channel_counter_takes_strided_views_and_checks_channels() -> None:
