@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from stainbench.data.fastread import out_problem
 from stainbench.errors import DataError
 
 #: Number of transform codes (the dihedral group of the square).
@@ -184,16 +185,8 @@ def transform_batch(
             raise DataError(f"patch {patch} at ({par.y}, {par.x}) is outside the {h}x{w} tiles")
     if out is None:
         out = np.empty((b, c, patch, patch), dtype=tiles.dtype)
-    elif (
-        out.shape != (b, c, patch, patch)
-        or out.dtype != tiles.dtype
-        or not out.flags.c_contiguous
-        or not out.flags.writeable
-    ):
-        raise DataError(
-            f"transform_batch: out must be a writeable C-contiguous {tiles.dtype} array of "
-            f"shape {(b, c, patch, patch)}, got {out.dtype} {out.shape}"
-        )
+    elif problem := out_problem(out, (b, c, patch, patch), tiles.dtype):
+        raise DataError(f"transform_batch: {problem}")
     kernel = _kernel("transform")
     if kernel is None or b == 0:
         for j, par in enumerate(params):

@@ -221,11 +221,8 @@ class ChunkReader:
         shape = (len(tiles), *self.shape[1:])
         if out is None:
             out = np.empty(shape, dtype=self.dtype)
-        elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
-            raise ValueError(
-                f"out must be a C-contiguous {self.dtype} array of shape {shape}, "
-                f"got {out.dtype} {out.shape}"
-            )
+        elif problem := out_problem(out, shape, self.dtype):
+            raise ValueError(problem)
         for t in tiles:
             if not 0 <= t < self.shape[0]:
                 raise IndexError(t)
@@ -283,9 +280,7 @@ class ChunkReader:
         per = self._inner[0]
         zeros = (0,) * (len(self.shape) - 1)
         flat = out.reshape(len(tiles), -1).view(np.uint8)
-        previous = blosc.use_threads
-        blosc.use_threads = False  # see _decode
-        try:
+        with _no_blosc_threads():
             for j, t in enumerate(tiles):
                 s, r = divmod(int(t), per)
                 shard = (s, *zeros)
@@ -303,8 +298,6 @@ class ChunkReader:
                         f"end of the shard file ({len(mapped)} bytes): the store is damaged"
                     )
                 blosc.decompress(mapped[offset : offset + nbytes], flat[j])
-        finally:
-            blosc.use_threads = previous
 
     def _mapped(self, path: str) -> memoryview:
         """Shard file ``path`` mapped read-only (the last ``_OPEN_SHARDS``): chunks decode
@@ -373,31 +366,18 @@ class ChunkReader:
         return index
 
     def _check_out(self, out: np.ndarray) -> None:
-        if (
-            out.shape != tuple(self.chunks)
-            or out.dtype != self.dtype
-            or not out.flags.c_contiguous
-            or not out.flags.writeable
-        ):
-            raise ValueError(
-                f"out must be a writeable C-contiguous {self.dtype} array of shape "
-                f"{tuple(self.chunks)}, got {out.dtype} {out.shape}"
-            )
+        problem = out_problem(out, tuple(self.chunks), self.dtype)
+        if problem:
+            raise ValueError(problem)
 
     def _decode(self, data: bytes | memoryview, out: np.ndarray | None = None) -> np.ndarray:
         import numcodecs.blosc
 
-        # Blosc's own threads only add overhead for one chunk (and fight DataLoader workers
-        # for the cores): decode in this thread, then restore the setting.
-        previous = numcodecs.blosc.use_threads
-        numcodecs.blosc.use_threads = False
-        try:
+        with _no_blosc_threads():
             if out is not None and (self.dtype.itemsize == 1 or sys.byteorder == "little"):
                 numcodecs.blosc.decompress(data, out.reshape(-1).view(np.uint8))
                 return out
             raw = self._blosc.decode(data)
-        finally:
-            numcodecs.blosc.use_threads = previous
         arr = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<")).reshape(self.chunks)
         if out is None:
             return arr.astype(self.dtype, copy=False)
@@ -409,6 +389,36 @@ class ChunkReader:
             return np.full(self.chunks, self.fill_value, dtype=self.dtype)
         out.fill(self.fill_value)
         return out
+
+
+@contextlib.contextmanager
+def _no_blosc_threads() -> Iterator[None]:
+    """Blosc decodes in the calling thread meanwhile: its own threads only add overhead for
+    one chunk (and fight DataLoader workers for the cores). The setting is restored after."""
+    import numcodecs.blosc
+
+    previous = numcodecs.blosc.use_threads
+    numcodecs.blosc.use_threads = False
+    try:
+        yield
+    finally:
+        numcodecs.blosc.use_threads = previous
+
+
+def out_problem(out: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    """Why ``out`` cannot be decoded into as an array of ``shape`` and ``dtype`` (it must be
+    writeable and C-contiguous), or None when it can."""
+    if (
+        out.shape != tuple(shape)
+        or out.dtype != dtype
+        or not out.flags.c_contiguous
+        or not out.flags.writeable
+    ):
+        return (
+            f"out must be a writeable C-contiguous {np.dtype(dtype)} array of shape "
+            f"{tuple(shape)}, got {out.dtype} {out.shape}"
+        )
+    return None
 
 
 def _unmap(view: memoryview) -> None:

@@ -7,6 +7,7 @@ and validation sizes must fit the tiles and be multiples of the generator's ``si
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,12 +229,9 @@ class EpochIndexed(Dataset):
     def fill_batch(self, keys: list[tuple[int, int]], out: dict[str, np.ndarray]) -> None:
         """Write the items ``keys`` (``(epoch, index)``) as one batch into ``out``; runs of keys
         of one epoch go to the dataset's ``fill_batch`` together."""
-        for start, stop, epoch in _epoch_runs(keys):
-            if getattr(self.dataset, "epoch", None) != epoch:
-                self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+        for start, stop, indices in self._runs(keys):
             self.dataset.fill_batch(  # type: ignore[attr-defined]
-                [index for _, index in keys[start:stop]],
-                {k: v[start:stop] for k, v in out.items()},
+                indices, {k: v[start:stop] for k, v in out.items()}
             )
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -250,23 +248,20 @@ class EpochIndexed(Dataset):
         if batched is None:
             return [self[key] for key in keys]
         out: list[dict[str, torch.Tensor]] = []
-        for start, stop, epoch in _epoch_runs(keys):
-            if getattr(self.dataset, "epoch", None) != epoch:
-                self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
-            out += batched([index for _, index in keys[start:stop]])
+        for _, _, indices in self._runs(keys):
+            out += batched(indices)
         return out
 
-
-def _epoch_runs(keys: list[tuple[int, int]]) -> Iterator[tuple[int, int, int]]:
-    """``(start, stop, epoch)`` of each run of consecutive keys with the same epoch."""
-    start = 0
-    while start < len(keys):
-        epoch = keys[start][0]
-        stop = start
-        while stop < len(keys) and keys[stop][0] == epoch:
-            stop += 1
-        yield start, stop, epoch
-        start = stop
+    def _runs(self, keys: list[tuple[int, int]]) -> Iterator[tuple[int, int, list[int]]]:
+        """``(start, stop, indices)`` of each run of consecutive keys of one epoch, with the
+        dataset set to that epoch before the run is yielded."""
+        start = 0
+        for epoch, run in itertools.groupby(keys, key=lambda key: key[0]):
+            indices = [index for _, index in run]
+            if getattr(self.dataset, "epoch", None) != epoch:
+                self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+            yield start, start + len(indices), indices
+            start += len(indices)
 
 
 def train_loader(

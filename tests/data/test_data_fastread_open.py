@@ -65,7 +65,7 @@ def test_open_shards_are_bounded_and_reads_stay_right(
     got = reader_y.read_tiles([4, 0, 5, 30, 3])
     np.testing.assert_array_equal(got[[0, 1, 4]], data[[4, 0, 3]])
     assert (got[2] == 9).all() and (got[3] == 9).all()
-    with pytest.raises(ValueError, match="out must be a C-contiguous"):
+    with pytest.raises(ValueError, match="out must be a writeable C-contiguous"):
         reader.read_tiles([1, 2], out=np.empty((3, 6, 5, 3), dtype=np.uint8))
 
 
