@@ -44,19 +44,26 @@ from stainbench.models.layers import (
 )
 from stainbench.models.registry import register_model
 from stainbench.models.thin_conv import ThinConv2d
+from stainbench.models.winograd import ConvImpl, conv2d_layer
 
 HeadName = Literal["full", "shift", "affine", "global"]
 
 
 class ResidualBlock(nn.Module):
-    """``x + conv(relu(norm(conv(pad(x)))))`` with reflection padding, channels unchanged."""
+    """``x + conv(relu(norm(conv(pad(x)))))`` with reflection padding, channels unchanged.
 
-    def __init__(self, channels: int, norm: NormName, dropout: float) -> None:
+    ``conv_impl="auto"`` computes the 3x3 convolutions by Winograd's ``F(4, 3)`` on the CPU
+    where that is faster (:class:`~stainbench.models.winograd.WinogradConv2d`; same math).
+    """
+
+    def __init__(
+        self, channels: int, norm: NormName, dropout: float, conv_impl: ConvImpl = "auto"
+    ) -> None:
         super().__init__()
         bias = conv_bias(norm)
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(1),
-            nn.Conv2d(channels, channels, 3, bias=bias),
+            conv2d_layer(channels, channels, 3, impl=conv_impl, bias=bias),
             norm_layer(norm, channels),
             nn.ReLU(inplace=True),
         ]
@@ -64,7 +71,7 @@ class ResidualBlock(nn.Module):
             layers.append(nn.Dropout(dropout))
         layers += [
             nn.ReflectionPad2d(1),
-            nn.Conv2d(channels, channels, 3, bias=bias),
+            conv2d_layer(channels, channels, 3, impl=conv_impl, bias=bias),
             norm_layer(norm, channels),
         ]
         self.body = nn.Sequential(*layers)
@@ -77,7 +84,9 @@ class ResnetGenerator(nn.Module):
     """ResNet generator: ``(B, in_channels, H, W)`` float32 -> ``(B, out_channels, H, W)``.
 
     ``residual=True`` (not in the classic model) returns ``x + f(x)``, see ``UNet``.
-    ``transpose_impl`` only picks how the transposed convolutions are computed (same math).
+    ``transpose_impl`` only picks how the transposed convolutions are computed, ``conv_impl``
+    how the residual blocks' (``"auto"``: Winograd on the CPU where faster; ``"native"``:
+    ``nn.Conv2d``); both keep the math and the state_dict.
     ``head``: ``"full"`` (the classic decoder) or a colour head, ``"shift"``, ``"affine"``
     or ``"global"`` (module docstring; ``upsample``/``transpose_impl``/``final`` do not
     apply to them).
@@ -97,6 +106,7 @@ class ResnetGenerator(nn.Module):
         final: Literal["tanh", "none"] = "tanh",
         residual: bool = False,
         head: HeadName = "full",
+        conv_impl: ConvImpl = "auto",
     ) -> None:
         super().__init__()
         if n_blocks < 0 or n_downsampling < 0 or base_width < 1:
@@ -126,7 +136,7 @@ class ResnetGenerator(nn.Module):
                 nn.ReLU(inplace=True),
             ]
             width *= 2
-        layers += [ResidualBlock(width, norm, dropout) for _ in range(n_blocks)]
+        layers += [ResidualBlock(width, norm, dropout, conv_impl) for _ in range(n_blocks)]
         if self.field_channels:
             layers.append(nn.Conv2d(width, self.field_channels * out_channels, 1))
             self.model = nn.Sequential(*layers)
@@ -197,6 +207,7 @@ def resnet(
     final: Literal["tanh", "none"] = "tanh",
     residual: bool = False,
     head: HeadName = "full",
+    conv_impl: ConvImpl = "auto",
 ) -> ResnetGenerator:
     """ResNet generator; ``n_blocks=9`` is resnet_9blocks, ``n_blocks=6`` resnet_6blocks."""
     return ResnetGenerator(
@@ -212,4 +223,5 @@ def resnet(
         final=final,
         residual=residual,
         head=head,
+        conv_impl=conv_impl,
     )
