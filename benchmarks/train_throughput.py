@@ -51,7 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stainbench.bench.limits import fp32_matmul_gflops
 from stainbench.data.transforms import Normalization
-from stainbench.training.allocator import reuse_freed_memory
+from stainbench.training.allocator import keep_freed_memory
 from stainbench.training.loop import build_task
 from stainbench.training.recipe import recipe_from_dict
 from stainbench.training.task import TaskContext
@@ -260,10 +260,11 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    keep = args.malloc == "keep"
+    keep = args.malloc == "keep" and keep_freed_memory()
+    if args.malloc == "keep" and not keep:
+        print("--malloc keep: not applied (not glibc, or MALLOC_*/GLIBC_TUNABLES set)")
     variants = [Variant(t, c, keep) for t in args.transpose_impl for c in args.conv_impl]
-    with reuse_freed_memory(keep):
-        _run(args, variants)
+    _run(args, variants)
 
 
 def _run(args: argparse.Namespace, variants: list[Variant]) -> None:
@@ -318,6 +319,9 @@ def _run(args: argparse.Namespace, variants: list[Variant]) -> None:
             "each timing is divided by the matmul rate measured right before it (per round)",
             f"- load: before `{load_before}`, after `{meta['uptime_after']}`",
             f"- command: `{meta['command']}`",
+            "- % of limit = (direct-convolution FLOPs / time) / matmul rate: an effective rate. "
+            "Winograd variants do fewer multiplications for the same result (the performed "
+            "column), so their rows can pass 100%",
             "",
             "| family | size | channels_last | upsample | variant | img/s | GFLOP/iter "
             "(direct) | GFLOP/iter performed | GFLOP/s | matmul GFLOP/s per round "

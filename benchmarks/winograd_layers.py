@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from stainbench.bench.limits import fp32_matmul_gflops
 from stainbench.models.winograd import winograd_conv2d
-from stainbench.training.allocator import reuse_freed_memory
+from stainbench.training.allocator import keep_freed_memory
 
 ConvFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -139,32 +139,32 @@ def main() -> None:
         "| best | speed-up |",
         "| --- | ---: | ---: | --- | --- | ---: |",
     ]
-    with reuse_freed_memory():
-        limit = fp32_matmul_gflops(repeats=10)
-        print(f"fp32 matmul: {limit:.1f} GFLOP/s with {torch.get_num_threads()} threads")
-        for name, kind, c_in, c_out, side, tiles in LAYERS:
-            native, wino, w_shape, gflop = layer(kind, c_in, c_out, side)
-            x = torch.randn(1, c_in, side, side, requires_grad=True)
-            w = (torch.randn(w_shape) * 0.02).requires_grad_()
-            b = torch.zeros(c_out, requires_grad=True)
-            fns = {"torch": native, **{f"m={m}": wino(m) for m in tiles}}
-            times: dict[str, list[float]] = {k: [] for k in fns}
-            for _ in range(args.reps + 1):  # the first round warms up
-                for key, fn in fns.items():
-                    t = time.perf_counter()
-                    y = fn(x, w, b)
-                    y.backward(torch.ones_like(y))
-                    times[key].append(time.perf_counter() - t)
-                    x.grad = w.grad = b.grad = None
-            ms = {k: 1e3 * statistics.median(v[1:]) for k, v in times.items()}
-            best = min(ms, key=ms.__getitem__)
-            per_tile = ", ".join(f"{k}: {v:.1f}" for k, v in ms.items() if k != "torch")
-            speedup = ms["torch"] / ms[best]
-            print(f"{name:36s} torch {ms['torch']:6.1f} ms | {per_tile} | {speedup:.2f}x")
-            lines.append(
-                f"| {name} | {3 * gflop:.2f} | {ms['torch']:.1f} | {per_tile} | {best} "
-                f"| {speedup:.2f}x |"
-            )
+    keep_freed_memory()  # as `stainbench train` runs
+    limit = fp32_matmul_gflops(repeats=10)
+    print(f"fp32 matmul: {limit:.1f} GFLOP/s with {torch.get_num_threads()} threads")
+    for name, kind, c_in, c_out, side, tiles in LAYERS:
+        native, wino, w_shape, gflop = layer(kind, c_in, c_out, side)
+        x = torch.randn(1, c_in, side, side, requires_grad=True)
+        w = (torch.randn(w_shape) * 0.02).requires_grad_()
+        b = torch.zeros(c_out, requires_grad=True)
+        fns = {"torch": native, **{f"m={m}": wino(m) for m in tiles}}
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(args.reps + 1):  # the first round warms up
+            for key, fn in fns.items():
+                t = time.perf_counter()
+                y = fn(x, w, b)
+                y.backward(torch.ones_like(y))
+                times[key].append(time.perf_counter() - t)
+                x.grad = w.grad = b.grad = None
+        ms = {k: 1e3 * statistics.median(v[1:]) for k, v in times.items()}
+        best = min(ms, key=ms.__getitem__)
+        per_tile = ", ".join(f"{k}: {v:.1f}" for k, v in ms.items() if k != "torch")
+        speedup = ms["torch"] / ms[best]
+        print(f"{name:36s} torch {ms['torch']:6.1f} ms | {per_tile} | {speedup:.2f}x")
+        lines.append(
+            f"| {name} | {3 * gflop:.2f} | {ms['torch']:.1f} | {per_tile} | {best} "
+            f"| {speedup:.2f}x |"
+        )
     head = [
         f"- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}; torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul {limit:.1f} "

@@ -50,10 +50,14 @@ def train(
     ] = True,
 ) -> None:
     """Train a model family from a recipe."""
+    from stainbench.training.allocator import keep_freed_memory
     from stainbench.training.loop import fit
     from stainbench.training.recipe import load_recipe
 
     spec = load_recipe(recipe, list(overrides or []))
+    # freed buffers stay in this process for the next iteration (unet_256: 12-17% faster on
+    # the CPU); a one-way, process-wide malloc setting, so the command sets it, not fit()
+    keep_freed_memory()
     run_dir = out if out is not None else Path("runs") / spec.name
     result = fit(spec, run_dir=run_dir, store=data, resume=resume, progress=progress)
     if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 reports

@@ -36,7 +36,6 @@ import yaml
 
 from stainbench.data.transforms import normalize_batch
 from stainbench.errors import ConfigError, ModelError, TrainingError
-from stainbench.training.allocator import reuse_freed_memory
 from stainbench.training.checkpoint import load_checkpoint, save_checkpoint
 from stainbench.training.data import StepBatches, TrainingData, open_training_data, train_loader
 from stainbench.training.recipe import Recipe, resolved
@@ -336,21 +335,18 @@ def fit(
         own_group = True
     main = rank == 0
     try:
-        # on the CPU, keep freed buffers for the next iteration (up to 18% per iteration)
-        with reuse_freed_memory(device.type == "cpu") as kept:
-            log.debug("reuse freed memory: %s", kept)
-            return _fit(
-                recipe,
-                run_dir,
-                resume,
-                progress and main,
-                stop_after,
-                on_step,
-                device,
-                rank,
-                world,
-                t_start,
-            )
+        return _fit(
+            recipe,
+            run_dir,
+            resume,
+            progress and main,
+            stop_after,
+            on_step,
+            device,
+            rank,
+            world,
+            t_start,
+        )
     finally:
         if own_group:
             dist.destroy_process_group()

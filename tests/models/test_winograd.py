@@ -21,6 +21,18 @@ from stainbench.models.winograd import (
 )
 
 TILES = [(2, 3), (4, 3), (3, 2), (2, 4), (3, 4)]
+WINOGRAD_BACKWARD = "WinogradConvFunctionBackward"
+
+
+def _path(y: torch.Tensor) -> str:
+    """Which kernel produced ``y``: the Winograd function, or torch's convolution."""
+    node = y.grad_fn
+    while node is not None and type(node).__name__ not in (
+        WINOGRAD_BACKWARD,
+        "ConvolutionBackward0",
+    ):
+        node = node.next_functions[0][0] if node.next_functions else None
+    return type(node).__name__
 
 
 @pytest.mark.parametrize(("m", "r"), TILES)
@@ -99,7 +111,7 @@ def test_module_matches_conv2d_and_takes_the_winograd_path(k: int, padding: int)
     assert list(wino.state_dict()) == list(native.state_dict())
     x = torch.randn(2, 128, 18, 18, requires_grad=True)
     y = wino(x)
-    assert type(y.grad_fn).__name__ != "ConvolutionBackward0"  # the Winograd path ran
+    assert _path(y) == WINOGRAD_BACKWARD
     torch.testing.assert_close(y, native(x), rtol=1e-4, atol=1e-4)
     y.sum().backward()
     gw = wino.weight.grad
@@ -115,6 +127,8 @@ def test_module_matches_conv2d_and_takes_the_winograd_path(k: int, padding: int)
         (128, 128, 18, {"stride": 2}),  # not stride 1
         (128, 128, 18, {"groups": 2}),
         (128, 128, 18, {"padding_mode": "reflect", "padding": 1}),
+        (128, 128, 18, {"padding": "same"}),
+        (128, 128, 18, {"dilation": 2}),
     ],
 )
 def test_module_runs_torch_where_winograd_does_not_apply(
@@ -122,14 +136,66 @@ def test_module_runs_torch_where_winograd_does_not_apply(
 ) -> None:
     conv = WinogradConv2d(c_in, c_out, 3, **kwargs)
     y = conv(torch.randn(1, c_in, size, size, requires_grad=True))
-    assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
+    assert _path(y) == "ConvolutionBackward0"
 
 
-def test_module_runs_torch_under_autocast() -> None:
+def test_module_runs_torch_under_autocast_and_in_half_precision() -> None:
     conv = WinogradConv2d(128, 128, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = conv(torch.randn(1, 128, 18, 18, requires_grad=True))
-    assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
+    assert _path(y) == "ConvolutionBackward0"
+    y = conv.to(torch.bfloat16)(torch.randn(1, 128, 18, 18, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+
+
+def test_module_handles_unbatched_input_and_explains_a_wrong_channel_count() -> None:
+    native, wino = _conv_pair(128, 128, 3, 1)
+    x = torch.randn(128, 18, 18)  # unbatched, as nn.Conv2d accepts
+    torch.testing.assert_close(wino(x), native(x))
+    with pytest.raises(RuntimeError, match=r"expected input.*to have 128 channels"):
+        wino(torch.randn(1, 64, 18, 18))
+
+
+def test_module_keeps_a_channels_last_input_channels_last() -> None:
+    native, wino = _conv_pair(128, 128, 3, 1)
+    x = torch.randn(2, 128, 18, 18).contiguous(memory_format=torch.channels_last)
+    y = wino(x.requires_grad_())
+    assert _path(y) == WINOGRAD_BACKWARD
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, native(x), rtol=1e-4, atol=1e-4)
+
+
+def test_module_rejects_an_impossible_tile_when_built() -> None:
+    with pytest.raises(ValueError, match="interpolation points"):
+        WinogradConv2d(128, 128, 3, tile=7)
+    with pytest.raises(ValueError, match="m, r >= 1"):
+        WinogradConv2d(128, 128, 3, tile=0)
+
+
+@pytest.mark.parametrize("needs", ["x", "weight"])
+def test_backward_for_one_input_only(needs: str) -> None:
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 4, 10, 10, dtype=torch.float64, generator=gen)
+    w = torch.randn(3, 4, 3, 3, dtype=torch.float64, generator=gen)
+    (x if needs == "x" else w).requires_grad_()
+    leaf = x if needs == "x" else w
+    (got,) = torch.autograd.grad(winograd_conv2d(x, w, None, 4).sum(), leaf)
+    (want,) = torch.autograd.grad(F.conv2d(x, w).sum(), leaf)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_double_backward_is_refused_clearly() -> None:
+    x = torch.randn(1, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = winograd_conv2d(x, w, None, 2).sum()
+    with pytest.raises(RuntimeError, match=r"differentiable once only.*conv_impl='native'"):
+        torch.autograd.grad(y, x, create_graph=True)
+
+
+def test_matrices_are_fresh_tensors() -> None:
+    at, _, _ = winograd_matrices(4, 3)
+    at.zero_()
+    assert winograd_matrices(4, 3)[0].abs().sum() > 0
 
 
 def test_onnx_export_holds_a_plain_conv(tmp_path) -> None:
@@ -154,6 +220,8 @@ def test_models_have_the_option_and_keep_their_math() -> None:
     native = create_model("resnet", conv_impl="native", **kw)
     assert sum(isinstance(m, WinogradConv2d) for m in auto.modules()) == 2
     assert not any(isinstance(m, WinogradConv2d) for m in native.modules())
+    block_conv = next(m for m in auto.modules() if isinstance(m, WinogradConv2d))
+    assert _path(block_conv(torch.randn(1, 128, 18, 18))) == WINOGRAD_BACKWARD
     for a, b in itertools.zip_longest(auto.state_dict().items(), native.state_dict().items()):
         assert a[0] == b[0] and torch.equal(a[1], b[1])  # same init draws, same keys
     x = torch.rand(1, 3, 64, 64) * 2 - 1

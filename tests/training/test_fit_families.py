@@ -108,3 +108,51 @@ def test_channels_last_and_bf16_options(
     assert result.step == 2 and all(v == v for v in result.val.values())  # no NaN
     model, _ = load_generator(result.last)
     assert model(torch.zeros(1, 3, 16, 16)).dtype == torch.float32
+
+
+def test_cyclegan_trains_the_same_with_winograd_convolutions() -> None:
+    # resnet blocks at 128 channels on 16 x 16 maps take the Winograd path (conv_impl auto);
+    # three optimisation steps from the same seed give the losses and weights of nn.Conv2d
+    from stainbench.data.transforms import Normalization
+    from stainbench.models.winograd import WinogradConv2d
+    from stainbench.training.loop import build_task
+    from stainbench.training.task import TaskContext
+
+    norm = Normalization("range", "B", (127.5,) * 3, (127.5,) * 3)
+    ctx = TaskContext(3, 3, {"A": norm, "B": norm}, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        {k: torch.rand(1, 3, 64, 64, generator=gen) * 2 - 1 for k in ("A", "B")} for _ in range(3)
+    ]
+    runs = {}
+    for impl in ("native", "auto"):
+        recipe = recipe_from_dict(
+            {
+                "family": "cyclegan",
+                "generator": {
+                    "arch": "resnet",
+                    "kwargs": {"n_blocks": 1, "base_width": 32, "conv_impl": impl},
+                },
+                "discriminator": {"arch": "patchgan", "kwargs": {"base_width": 8, "n_layers": 2}},
+                "data": {"patch_size": 64},
+                "train": {"steps": 3},
+            }
+        )
+        torch.manual_seed(0)
+        task = build_task(recipe, ctx)
+        used = [m for m in task.networks["G_AB"].modules() if isinstance(m, WinogradConv2d)]
+        assert len(used) == (2 if impl == "auto" else 0)
+        losses = []
+        for batch in batches:
+            task.set_input(batch)
+            losses.append(task.optimize())
+        runs[impl] = (losses, task.networks["G_AB"].state_dict())
+    for got, want in zip(runs["auto"][0], runs["native"][0], strict=True):
+        assert got.keys() == want.keys()
+        for key in got:
+            assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-5), key
+    # Adam moves a weight by about lr per step whatever its gradient's size, so a weight whose
+    # gradient is near zero can move either way: the weights agree to 2 lr per step
+    lr = recipe.optim.lr
+    for key, value in runs["native"][1].items():
+        assert (runs["auto"][1][key] - value).abs().max().item() <= 2 * lr * len(batches), key
