@@ -55,7 +55,7 @@ def train(
     from stainbench.training.recipe import load_recipe
 
     spec = load_recipe(recipe, list(overrides or []))
-    # freed buffers stay in this process for the next iteration (unet_256: 12-17% faster on
+    # freed buffers stay in this process for the next iteration (unet_256: 12-20% faster on
     # the CPU); a one-way, process-wide malloc setting, so the command sets it, not fit()
     keep_freed_memory()
     run_dir = out if out is not None else Path("runs") / spec.name

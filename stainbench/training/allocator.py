@@ -6,7 +6,7 @@ top. A training iteration allocates the same large buffers every time (activatio
 gradients of 4-33 MB for unet_256's inner levels), so it page-faults them in again every
 iteration: ~3.6 us per 4 KiB page on this project's VM, 2-29 ms for one 33 MB gradient. With
 mmap off and trimming off, freed blocks stay in the heap and the next iteration reuses them:
-unet_256 trains 12-17% faster at 256x256 on this CPU (``docs/benchmarks/train.md``).
+unet_256 trains 12-20% faster at 256x256 on this CPU (``docs/benchmarks/train.md``).
 
 It is a process-wide, one-way switch: glibc turns its self-adjusting thresholds off for good
 once ``mallopt`` sets them, and the process keeps its peak heap until it exits. So the
