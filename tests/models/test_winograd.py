@@ -144,8 +144,9 @@ def test_module_runs_torch_under_autocast_and_in_half_precision() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = conv(torch.randn(1, 128, 18, 18, requires_grad=True))
     assert _path(y) == "ConvolutionBackward0"
-    y = conv.to(torch.bfloat16)(torch.randn(1, 128, 18, 18, dtype=torch.bfloat16))
-    assert y.dtype == torch.bfloat16
+    x = torch.randn(1, 128, 18, 18, dtype=torch.bfloat16, requires_grad=True)
+    y = conv.to(torch.bfloat16)(x)
+    assert y.dtype == torch.bfloat16 and _path(y) == "ConvolutionBackward0"
 
 
 def test_module_handles_unbatched_input_and_explains_a_wrong_channel_count() -> None:
