@@ -48,7 +48,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 import time
 import warnings
@@ -61,6 +60,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from stainbench.bench.limits import machine_load
 from stainbench.data.augment import (
     apply_params,
     crop,
@@ -389,7 +389,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/data_patch.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    uptime_before = _uptime()
+    uptime_before = machine_load()
     print(uptime_before, flush=True)
     work = Path(tempfile.mkdtemp(prefix="sb_patch_"))
     try:
@@ -464,9 +464,7 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
             "uptime_before": uptime_before,
-            "uptime_after": subprocess.run(
-                ["uptime"], capture_output=True, text=True
-            ).stdout.strip(),
+            "uptime_after": machine_load(),
             "bytes_on_disk": sizes,
             "decode_only_tiles_per_s": decode,
             "stage_ms_per_pair": stages,
@@ -477,10 +475,6 @@ def main() -> None:
         print(json.dumps({k: report[k] for k in ("uptime_after", "bytes_on_disk")}, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def _slow(ds: PairedPatchDataset) -> PairedPatchDataset:

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stainbench.bench.limits import machine_load
 from stainbench.data.store import create_store, finalize_store
 from stainbench.data.writer import create_volume_array
 
@@ -152,10 +153,6 @@ def stats_pass(path: Path, variant: str, src: str = "") -> dict[str, float]:
     }
 
 
-def _uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="4,8", help="volume sizes in GB, comma separated")
@@ -171,7 +168,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="read + variants, N times")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v] + (["src"] if args.compare_src else [])
-    uptime_before = _uptime()
+    uptime_before = machine_load()
     print(uptime_before, flush=True)
     results = []
     for size in (float(s) for s in args.sizes.split(",")):
@@ -235,7 +232,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
         "uptime_before": uptime_before,
-        "uptime_after": _uptime(),
+        "uptime_after": machine_load(),
         "compare_src": args.compare_src or None,
         "repeats": args.repeats,
         "results": results,

@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -54,6 +53,7 @@ import onnxruntime as ort
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from stainbench.bench.limits import machine_load
 from stainbench.data.transforms import Normalization
 from stainbench.export.onnx import export_float_graph, export_onnx, make_translator
 from stainbench.models import create_model
@@ -75,10 +75,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
-
-
-def load() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -382,7 +378,7 @@ def main() -> None:
         "batches": args.batches,
         "repeats": args.repeats,
         "matmul_reps": args.matmul_reps,
-        "load_before": load(),
+        "load_before": machine_load(),
         "command": "python benchmarks/export_latency.py "
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
@@ -410,7 +406,7 @@ def main() -> None:
             )
     limit_after = matmul_flops(args.threads)
     meta["matmul_gflops_after"] = limit_after / 1e9
-    meta["load_after"] = load()
+    meta["load_after"] = machine_load()
     if args.json:  # raw rows first: a rendering problem must not lose a long run
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     text = render(rows, meta)

@@ -40,7 +40,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -49,7 +48,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stainbench.bench.limits import fp32_matmul_gflops
+from stainbench.bench.limits import fp32_matmul_gflops, machine_load
 from stainbench.data.transforms import Normalization
 from stainbench.training.allocator import keep_freed_memory
 from stainbench.training.loop import build_task
@@ -214,13 +213,6 @@ def _label(row: Row) -> str:
     return Variant(row.transpose_impl, row.conv_impl, row.keep_memory).label
 
 
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "n/a"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--families", nargs="+", default=["unet", "pix2pix", "cyclegan"])
@@ -268,7 +260,7 @@ def main() -> None:
 
 
 def _run(args: argparse.Namespace, variants: list[Variant]) -> None:
-    load_before = _uptime()
+    load_before = machine_load()
     limit = fp32_matmul_gflops(repeats=10)
     print(f"fp32 matmul: {limit:.1f} GFLOP/s with {torch.get_num_threads()} threads")
     rows = []
@@ -304,7 +296,7 @@ def _run(args: argparse.Namespace, variants: list[Variant]) -> None:
         "matmul_gflops": limit,
         "matmul_gflops_after": limit_after,
         "uptime_before": load_before,
-        "uptime_after": _uptime(),
+        "uptime_after": machine_load(),
         "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
     }
     if args.json:

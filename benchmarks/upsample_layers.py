@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from stainbench.bench.limits import fp32_matmul_gflops
+from stainbench.bench.limits import fp32_matmul_gflops, machine_load
 from stainbench.export.onnx import export_float_graph
 from stainbench.models.phase_transpose import PhaseConvTranspose2d
 
@@ -51,10 +50,6 @@ LAYERS = [
     ("resnet_9blocks up0", 256, 128, 64, 3),
     ("resnet_9blocks up1", 128, 64, 128, 3),
 ]
-
-
-def _uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def ort_session(m: nn.Module, c_in: int, side: int, path: Path) -> ort.InferenceSession:
@@ -98,7 +93,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="upsample_layers_"))
-    load_before = _uptime()
+    load_before = machine_load()
     rows = []
     for label, cin, cout, side, k in LAYERS:
         kw = {"stride": 2, "padding": 1, "output_padding": 1 if k == 3 else 0}
@@ -153,7 +148,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "uptime_before": load_before,
-        "uptime_after": _uptime(),
+        "uptime_after": machine_load(),
         "command": "python benchmarks/upsample_layers.py " + " ".join(sys.argv[1:]),
     }
     print(f"load before: {meta['uptime_before']}\nload after:  {meta['uptime_after']}")

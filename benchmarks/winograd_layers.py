@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stainbench.bench.limits import fp32_matmul_gflops
+from stainbench.bench.limits import fp32_matmul_gflops, machine_load
 from stainbench.models.winograd import winograd_conv2d
 from stainbench.training.allocator import keep_freed_memory
 
@@ -120,20 +119,13 @@ def layer(kind: str, c_in: int, c_out: int, side: int) -> tuple[ConvFn, Callable
     )
 
 
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "n/a"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=5, help="timings per variant (median)")
     p.add_argument("--out", type=Path, default=None, help="Markdown file to write")
     args = p.parse_args()
     torch.manual_seed(0)
-    load_before = _uptime()
+    load_before = machine_load()
     lines = [
         "| layer (batch 1) | GFLOP fwd+bwd (direct) | torch ms | Winograd ms per tile m "
         "| best | speed-up |",
@@ -169,7 +161,7 @@ def main() -> None:
         f"- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}; torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul {limit:.1f} "
         "GFLOP/s",
-        f"- load: before `{load_before}`, after `{_uptime()}`",
+        f"- load: before `{load_before}`, after `{machine_load()}`",
         "- command: `python benchmarks/winograd_layers.py " + " ".join(sys.argv[1:]) + "`",
         "",
     ]

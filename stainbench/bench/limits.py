@@ -8,6 +8,7 @@ measure it right next to each timing instead of once.
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import torch
@@ -29,3 +30,15 @@ def fp32_matmul_gflops(n: int = 2048, repeats: int = 5, threads: int | None = No
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
+
+
+def machine_load() -> str:
+    """The machine's load when a benchmark runs: ``uptime``'s line, or ``"n/a"`` without it.
+
+    Every benchmark records it before and after its timings: the development VM is shared,
+    and a number measured under load is provisional.
+    """
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "n/a"
