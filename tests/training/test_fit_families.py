@@ -110,6 +110,40 @@ def test_channels_last_and_bf16_options(
     assert model(torch.zeros(1, 3, 16, 16)).dtype == torch.float32
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_family_trains_on_cuda(
+    family: str,
+    bf16: bool,
+    demo_stores: Path,
+    make_recipe: Callable[..., dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    """On a GPU: finite losses, the work on CUDA, the checkpoint loads on a CPU."""
+    recipe = recipe_from_dict(make_recipe(family, train={"device": "cuda", "bf16": bf16}))
+    steps_seen: list[dict[str, float]] = []
+    cuda_bytes: list[int] = []
+
+    def on_step(step: int, losses: dict[str, float]) -> None:
+        steps_seen.append(losses)
+        cuda_bytes.append(torch.cuda.memory_allocated())  # the networks and their states
+
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    result = fit(
+        recipe, run_dir=tmp_path, store=demo_stores / "paired.zarr", progress=False, on_step=on_step
+    )
+    assert result.step == 4 and len(steps_seen) == 4
+    assert min(cuda_bytes) > before
+    for losses in steps_seen:
+        assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert all(v == v for v in result.val.values())  # validation ran: no NaN
+    model, _ = load_generator(result.last)
+    out = model(torch.rand(1, 3, 16, 16) * 2 - 1)
+    assert out.device.type == "cpu" and torch.isfinite(out).all()
+
+
 def test_cyclegan_trains_the_same_with_winograd_convolutions() -> None:
     # resnet blocks at 128 channels on 16 x 16 maps take the Winograd path (conv_impl auto);
     # three optimisation steps from the same seed give the losses and weights of nn.Conv2d
