@@ -20,7 +20,6 @@ else
 fi
 {
     date -u
-    git log -1 --format='commit %H' 2>/dev/null
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
     python3 -c "import sys, torch, numpy, zarr; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version()); print('numpy', numpy.__version__, 'zarr', zarr.__version__)"
     nproc

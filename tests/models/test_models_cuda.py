@@ -44,6 +44,7 @@ def test_cuda_model_matches_cpu_paths(case: str) -> None:
     y_gpu, g_gpu = _grads(gpu, x.cuda())
     torch.testing.assert_close(y_gpu, y_cpu, rtol=1e-9, atol=1e-9)
     assert len(g_cpu) == len(g_gpu)
+    # atol: the biases that an instance norm follows have gradients that are 0 in exact
+    # arithmetic (~1e-13 of rounding noise on either side)
     for i, (a, b) in enumerate(zip(g_gpu, g_cpu, strict=True)):
-        scale = b.abs().max().item() or 1.0
-        assert (a - b).abs().max().item() <= 1e-8 * scale, f"gradient {i} differs"
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10, msg=f"gradient {i} differs")
