@@ -16,12 +16,13 @@ if TYPE_CHECKING:
 HELP = (
     "Export checkpoints into a Triton model repository, and/or check that repository.\n\n"
     "Each CHECKPOINT_OR_RUN_DIR (a .pt file, or a run folder: best.pt, else last.pt) becomes "
-    "a served model <family>_<run> (or --name): an ONNX graph taking and returning uint8 RGB "
-    "tiles (B, H, W, 3) with the normalization inside, gated on parity with PyTorch, written "
-    "as a new version directory with config.pbtxt and an export manifest. --baselines STORE "
-    "also fits and exports the classical 'reinhard' and 'macenko' models on the store's "
-    "target-domain tiles. --check starts the real Triton server on the repository and checks "
-    "that every model is READY and answers a real tile as it does in-process."
+    "a served model <family>_<run> (run: the recipe's name; or --name): an ONNX graph taking "
+    "and returning uint8 RGB tiles (B, H, W, 3) with the normalization inside, gated on "
+    "parity with PyTorch, written as a new version directory with config.pbtxt and an export "
+    "manifest. --baselines STORE also fits and exports the classical 'reinhard' and "
+    "'macenko' models on the store's target-domain tiles. --check starts the real Triton "
+    "server on the repository and checks that every model is READY and answers a real tile "
+    "as it does in-process."
 )
 
 
@@ -143,10 +144,20 @@ def export(
     if version is not None and len(paths) + (2 if baselines else 0) > 1:
         raise typer.BadParameter("--version needs exactly one checkpoint and no --baselines")
 
-    from stainbench.export.exporter import export_checkpoint
+    from stainbench.export.exporter import export_checkpoint, planned_model_name
     from stainbench.export.profile import load_profile
 
     prof = load_profile(profile)
+    served: dict[str, Path] = {}
+    for path in paths:  # two runs under one name would become versions of one served model
+        model_name, ckpt = planned_model_name(path, name)
+        if model_name in served:
+            raise ExportError(
+                f"{served[model_name]} and {ckpt} would both be served as model "
+                f"{model_name!r} (<family>_<recipe name>): export them one at a time with "
+                "--name, or give their recipes different names"
+            )
+        served[model_name] = ckpt
     results: list[ExportResult] = []
     for path in paths:
         with err_console.status(f"exporting {path} ({prof.flavour}) ..."):

@@ -86,6 +86,68 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise ModelError(f"{p}: no such checkpoint file or run directory")
 
 
+def require_8bit_model(normalization: dict[str, Any], where: str) -> None:
+    """Refuse a generator trained on more than 8-bit data (served models take uint8 tiles).
+
+    The checkpoint's domain-A normalization is in raw pixel units. 8-bit data bound it: a
+    ``range`` or ``percentile`` window ``offset +- scale`` lies within [0, 255], and a
+    ``zscore`` mean and standard deviation satisfy the Bhatia-Davis inequality
+    ``std^2 <= (255 - mean) * mean``. A model whose statistics break the bound was trained on
+    16-bit (or rescaled) data: uint8 tiles would reach it as almost-black inputs.
+    """
+    norm = normalization.get("A") or {}
+    mode = norm.get("mode")
+    offsets = [float(v) for v in norm.get("offset") or ()]
+    scales = [float(v) for v in norm.get("scale") or ()]
+    if not offsets or len(offsets) != len(scales):
+        return
+    tol = 0.5  # statistics of integers, rounded
+    if mode == "zscore":
+        bad = any(
+            not -tol <= m <= 255 + tol or sd * sd > (255 - m) * m + tol * 255
+            for m, sd in zip(offsets, scales, strict=True)
+        )
+    else:
+        bad = any(
+            o - sc < -tol or o + sc > 255 + tol for o, sc in zip(offsets, scales, strict=True)
+        )
+    if bad:
+        top = max(o + sc for o, sc in zip(offsets, scales, strict=True))
+        raise ExportError(
+            f"{where}: trained on more than 8-bit data (its {mode} normalization of domain A "
+            f"reaches raw value {top:.0f}), but served models take uint8 RGB tiles; train on "
+            "an 8-bit store to serve it"
+        )
+
+
+def planned_model_name(checkpoint: str | Path, name: str | None = None) -> tuple[str, Path]:
+    """The served model name an export of ``checkpoint`` gets, and the checkpoint file.
+
+    One-line errors as :func:`export_checkpoint` for a missing or unreadable checkpoint.
+    """
+    from stainbench.training.checkpoint import load_checkpoint
+
+    ckpt = resolve_checkpoint(checkpoint)
+    if name is not None:
+        return triton.validate_model_name(name), ckpt
+    payload = load_checkpoint(ckpt)
+    run_name = str(payload.get("run_name") or "")
+    family = str(payload.get("family") or "")
+    return triton.validate_model_name(triton.default_model_name(family, run_name)), ckpt
+
+
+def _previous_source(model_dir: Path) -> str | None:
+    """The checkpoint that the newest exported version of ``model_dir`` came from, if known."""
+    versions = triton.versions_of(model_dir)
+    if not versions:
+        return None
+    try:
+        manifest = json.loads((model_dir / str(versions[-1]) / MANIFEST_NAME).read_text())
+        return str(manifest["source"]["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def tool_versions() -> dict[str, str]:
     """Versions of the tools that made an export (recorded in the manifest)."""
     out = {"stainbench": __version__, "python": platform.python_version()}
@@ -188,8 +250,10 @@ def export_checkpoint(
     if info.in_channels != 3 or info.out_channels != 3:
         raise ExportError(
             f"{ckpt}: served models take and return RGB tiles, but {network} maps "
-            f"{info.in_channels} to {info.out_channels} channels"
+            f"{info.in_channels} to {info.out_channels} channels (2.5D volume and grayscale "
+            "models train and validate, but are not served)"
         )
+    require_8bit_model(info.normalization, str(ckpt))
     model_name = triton.validate_model_name(
         name or triton.default_model_name(info.family, info.run_name)
     )
@@ -206,7 +270,17 @@ def export_checkpoint(
     side = round_up(profile.parity.tile, multiple)
     val, val_source = load_val_tiles(info.store, profile.parity.val_tiles, side, multiple)
     if val is None:
-        log.warning("parity gate without real tiles: %s", val_source)
+        log.warning("%s: the parity gate runs on random tiles only: %s", model_name, val_source)
+    previous = _previous_source(repo_path / model_name)
+    if previous is not None and Path(previous).parent != ckpt.resolve().parent:
+        log.warning(
+            "model %s: version %d comes from %s, the versions before it from %s; Triton "
+            "serves the newest version only (use --name to keep both runs served)",
+            model_name,
+            version,
+            ckpt.resolve().parent,
+            Path(previous).parent,
+        )
     translator = make_translator(generator, info.normalization, multiple, str(ckpt))
     meta = {
         "family": info.family,

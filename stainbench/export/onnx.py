@@ -302,6 +302,24 @@ def drop_bias_before_instance_norm(model: Any) -> int:
         ):
             node.input.pop()
             removed += 1
+    if removed:
+        drop_unused_initializers(model)
+    return removed
+
+
+def drop_unused_initializers(model: Any) -> int:
+    """Remove initializers that no node reads (ONNX Runtime would warn about each one).
+
+    Returns the number removed; ``model`` is changed in place.
+    """
+    graph = model.graph
+    used = {name for node in graph.node for name in node.input}
+    used |= {o.name for o in graph.output}
+    keep = [init for init in graph.initializer if init.name in used]
+    removed = len(graph.initializer) - len(keep)
+    if removed:
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
     return removed
 
 

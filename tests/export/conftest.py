@@ -29,8 +29,10 @@ def make_checkpoint(
     arch: str | None = None,
     store: str = "",
     seed: int = 0,
+    norm: dict[str, dict] | None = None,
 ) -> Path:
-    """Write a real checkpoint of a tiny generator (registry's small configuration)."""
+    """Write a real checkpoint of a tiny generator (registry's small configuration);
+    ``norm``: its normalization dicts (default :func:`normalization`)."""
     import torch
 
     arch = arch or FAMILY_ARCH[family]
@@ -47,7 +49,7 @@ def make_checkpoint(
         "recipe": {"model": arch},
         "networks": {k: {"arch": arch, "kwargs": kwargs} for k in nets},
         "state": {k: v.state_dict() for k, v in nets.items()},
-        "normalization": normalization(),
+        "normalization": norm or normalization(),
         "data": {"store": store, "manifest_hash": "f" * 64 if not store else "from-store"},
     }
     return save_checkpoint(path, payload)

@@ -279,7 +279,12 @@ def test_biases_before_instance_norm_are_dropped_with_the_same_output(tmp_path: 
     raw = tmp_path / "raw.onnx"
     path = export_float_graph(net, torch.zeros(1, 3, 8, 8), raw, drop_empty_inputs=False)
     proto = onnx.load(str(path))
+    n_init = len(proto.graph.initializer)
     assert drop_bias_before_instance_norm(proto) == 1  # only the transposed convolution's
+    # its initializer goes too (ONNX Runtime warns about every unused one)
+    assert len(proto.graph.initializer) == n_init - 1
+    read = {name for node in proto.graph.node for name in node.input}
+    assert all(init.name in read for init in proto.graph.initializer)
     kinds = {n.op_type: len(n.input) for n in proto.graph.node if "Conv" in n.op_type}
     assert kinds["ConvTranspose"] == 2 and kinds["Conv"] == 3
     assert drop_bias_before_instance_norm(proto) == 0  # idempotent
