@@ -100,3 +100,47 @@ def test_command_help_is_reflowed_from_the_docstring() -> None:
     demo = next(c for c in data.registered_commands if c.name == "demo")
     assert demo.help is not None
     assert "colour deconvolution with rgb2hed / hed2rgb" in demo.help
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_exit_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typer
+
+    real_build = build_app
+
+    def build_with_slow() -> typer.Typer:
+        app = real_build()
+
+        @app.command("slow")
+        def slow() -> None:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the middle of the work
+
+        from stainbench.cli.main import _report_interrupts
+
+        _report_interrupts(app)
+        return app
+
+    monkeypatch.setattr("stainbench.cli.main.build_app", build_with_slow)
+    assert main(["slow"]) == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted"
+
+
+def test_ctrl_c_of_a_real_command_process_is_reported() -> None:
+    # `data demo` is long enough to be interrupted; SIGINT after the import, mid-work
+    import signal
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stainbench", "data", "demo", tmp],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(4)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "error: interrupted" in err and "Traceback" not in err

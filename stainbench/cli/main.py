@@ -7,11 +7,13 @@ line on stderr and a non-zero exit code (1 for errors, 2 for usage). ``--debug``
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -23,6 +25,8 @@ from stainbench.log import err_console, setup_logging
 #: ``register(app: typer.Typer) -> None``; a stage whose module does not exist yet is absent
 #: from ``--help`` rather than shown as a stub.
 STAGES: tuple[str, ...] = ("data", "train", "export", "serve", "compare", "loadtest")
+#: Exit code of a command stopped by Ctrl-C (128 + SIGINT, as shells report it).
+INTERRUPTED = 130
 
 HELP = """Virtual stain transfer for histopathology: ingest tiles and volumes into zarr, train
 UNet / Pix2Pix / CycleGAN, export them into a Triton model repository, serve them with the
@@ -78,7 +82,31 @@ def build_app() -> typer.Typer:
             raise
         module.register(app)
     _reflow_help(app)
+    _report_interrupts(app)
     return app
+
+
+def _interruptible(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """``callback`` with Ctrl-C turned into :class:`typer.Abort`, which :func:`main` reports
+    as one line (typer itself would turn it into a silent exit code 130)."""
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise typer.Abort() from None
+
+    return wrapper
+
+
+def _report_interrupts(app: typer.Typer) -> None:
+    for cmd in app.registered_commands:
+        if cmd.callback is not None:
+            cmd.callback = _interruptible(cmd.callback)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            _report_interrupts(group.typer_instance)
 
 
 def reflow(text: str) -> str:
@@ -113,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (also used by tests)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(args)
-    app = build_app()
+    try:
+        app = build_app()
+    except KeyboardInterrupt:  # Ctrl-C while the stages are being imported
+        err_console.print("[red]error:[/] interrupted")
+        return INTERRUPTED
     try:
         result = typer.main.get_command(app).main(
             args=args, prog_name="stainbench", standalone_mode=False
@@ -122,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.Abort:
         err_console.print("[red]error:[/] interrupted")
-        return 130
+        return INTERRUPTED
     except typer.TyperException as exc:  # usage errors (exit code 2) and other CLI errors
         ctx = getattr(exc, "ctx", None)
         code = getattr(exc, "exit_code", 2)
@@ -137,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         err_console.print("[red]error:[/] interrupted")
-        return 130
+        return INTERRUPTED
     return result if isinstance(result, int) else 0
 
 
