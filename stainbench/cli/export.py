@@ -30,7 +30,9 @@ def _render_exports(results: list[ExportResult]) -> None:
     from rich.table import Table
 
     table = Table(title="exported", header_style="bold")
-    for col in ("model", "version", "flavour", "family", "multiple", "float err", "uint8", "batch"):
+    # the model name is what --models takes later: folded, never cut, on a narrow terminal
+    table.add_column("model", overflow="fold")
+    for col in ("version", "flavour", "family", "multiple", "float err", "uint8", "batch"):
         table.add_column(col)
     for r in results:
         p = r.parity
@@ -47,10 +49,11 @@ def _render_exports(results: list[ExportResult]) -> None:
         )
     out_console.print(table)
     repos = sorted({str(r.model_dir.parent) for r in results})
+    names = ", ".join(f"{r.name} (version {r.version})" for r in results)
     out_console.print(
-        f"written into {', '.join(repos)} · parity: ONNX Runtime vs PyTorch (float relative "
-        "error, uint8 grey levels) and a tile alone vs in a batch; '-' = served by the same "
-        "numpy code",
+        f"written into {', '.join(repos)}: {names} · parity: ONNX Runtime vs PyTorch (float "
+        "relative error, uint8 grey levels) and a tile alone vs in a batch; '-' = served by "
+        "the same numpy code",
         highlight=False,
         soft_wrap=True,
     )
@@ -60,7 +63,8 @@ def _render_check(report: CheckReport) -> None:
     from rich.table import Table
 
     table = Table(title=f"check of {report.repo}", header_style="bold")
-    for col in ("model", "flavour", "version", "status", "tile", "detail"):
+    table.add_column("model", overflow="fold")
+    for col in ("flavour", "version", "status", "tile", "detail"):
         table.add_column(col)
     colour = {"ok": "green", "failed": "red", "static-only": "yellow"}
     for m in report.models:
