@@ -112,11 +112,29 @@ def info(
         typer.Argument(help="A store, or a directory of stores (e.g. the demo output)."),
     ],
 ) -> None:
-    """Summarize a store: arrays, shapes, chunks, sizes on disk, stats, split, failures."""
-    from stainbench.data.info import describe_store, find_stores
+    """Summarize a store: arrays, shapes, chunks, sizes on disk, stats, split, failures.
 
+    Also checks a complete store for damage: every array its manifest lists must exist with
+    the listed length, and every chunk file of every array must exist (a deleted chunk would
+    read back as zeros). Exits with status 1 and a one-line error when a store is damaged.
+    """
+    from stainbench.data.info import describe_store, find_stores
+    from stainbench.errors import DataError
+
+    damaged = []
     for path in find_stores(store):
-        _render_info(describe_store(path))
+        found = describe_store(path)
+        _render_info(found)
+        if found.damaged:
+            damaged.append(found)
+    if damaged:
+        first = damaged[0]
+        more = f" ({len(first.problems) - 1} more problem(s) listed above)"
+        raise DataError(
+            f"{first.path}: damaged store: {first.problems[0]}"
+            + (more if len(first.problems) > 1 else "")
+            + "; re-ingest it with 'stainbench data ingest ... --force'"
+        )
 
 
 def _fmt_bytes(n: float) -> str:
@@ -132,6 +150,8 @@ def _render_info(info: StoreInfo) -> None:
     from rich.table import Table
 
     state = "[green]complete[/]" if info.complete else "[red]INCOMPLETE (refused downstream)[/]"
+    if info.damaged:
+        state = "[red]DAMAGED (see problems below)[/]"
     ratio = info.nbytes / info.stored_bytes if info.stored_bytes else 0.0
     head = (
         f"kind [bold]{info.kind}[/], schema {info.schema_version}, {state}\n"
@@ -145,11 +165,18 @@ def _render_info(info: StoreInfo) -> None:
     out_console.print(Panel(head, title=str(info.path), expand=False))
 
     arrays = Table(title="arrays")
-    for col in ("array", "shape", "dtype", "chunks", "shards", "data", "on disk"):
+    for col in ("array", "shape", "dtype", "chunks", "shards", "data", "on disk", "files"):
         arrays.add_column(
-            col, justify="right" if col in ("data", "on disk") else "left", no_wrap=True
+            col,
+            justify="right" if col in ("data", "on disk", "files") else "left",
+            no_wrap=True,
         )
     for a in info.arrays:
+        files = f"{a.chunks_present}/{a.chunks_expected}"
+        if a.chunks_missing:
+            files = f"[red]{files}[/]"
+        elif a.chunks_unverified:
+            files = f"[yellow]{files}[/]"
         arrays.add_row(
             a.key,
             "x".join(map(str, a.shape)),
@@ -158,8 +185,19 @@ def _render_info(info: StoreInfo) -> None:
             "x".join(map(str, a.shards)) if a.shards else "-",
             _fmt_bytes(a.nbytes),
             _fmt_bytes(a.stored_bytes),
+            files,
         )
     out_console.print(arrays)
+    unverified = sum(a.chunks_unverified for a in info.arrays)
+    if unverified:
+        out_console.print(
+            f"[yellow]{unverified} chunk file(s) absent[/] that may be all-zero chunks zarr did "
+            "not store; this store does not record which (re-ingest it to make it checkable)"
+        )
+    if info.problems:
+        out_console.print(f"[red]{len(info.problems)} problem(s)[/]:")
+        for line in info.problems:
+            out_console.print(f"  {line}", highlight=False)
 
     splits = info.stats.get("splits", {})
     if splits:

@@ -12,13 +12,18 @@ Layouts (``SOURCE`` is a folder):
 Tiles are decoded one file at a time and appended to the store in shard-sized batches;
 volumes are copied block by block (one chunk-row slab at a time). The store is marked
 ``complete`` only after everything, statistics included, has been written.
+
+The store is written into a hidden sibling folder and moved to ``--out`` only at the end
+(:func:`stainbench.data.store.staged_store`): a failure or Ctrl-C leaves an existing store
+at ``--out`` untouched. zarr does not store all-zero chunks; the number of such chunks of
+every volume array is recorded (attribute ``empty_chunks``), so ``data info`` can tell a
+deleted chunk file from an empty one (tile arrays are checked against per-tile statistics).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +35,7 @@ import numpy as np
 from stainbench import __version__
 from stainbench.data.io import ImageData, VolumeSource, open_volume, read_image, tile_format
 from stainbench.data.stats import StatsAccumulator
-from stainbench.data.store import create_store
+from stainbench.data.store import ATTR, EMPTY_CHUNKS_KEY, staged_store
 from stainbench.data.writer import (
     TILES_PER_SHARD,
     create_tile_array,
@@ -114,8 +119,11 @@ def ingest(
 ) -> IngestResult:
     """Ingest ``source`` into the store ``out``; returns what was written.
 
-    On a :class:`DataError` (with ``on_error="fail"``) the partial store is removed; if the
-    process is killed, the store stays marked incomplete and is refused downstream.
+    The store is written next to ``out`` and moved into place only when complete: on any
+    error (a bad input with ``on_error="fail"``, a split left empty, Ctrl-C) nothing is
+    left behind and an existing store at ``out`` (replaced only with ``force``) is kept
+    as it was. A killed process (SIGKILL, power loss) can leave a hidden
+    ``.NAME.tmp-XXXX`` folder next to ``out``; it is never read and can be deleted.
     """
     src = Path(source)
     if not src.exists():
@@ -133,17 +141,28 @@ def ingest(
     else:
         plan = _plan_tiles(src, options)
         kind = "unpaired" if options.layout == "unpaired" else "paired"
-    group = create_store(out_path, kind, force=options.force)
-    try:
+    with staged_store(out_path, kind, force=options.force) as (group, staging):
         if kind == "volume":
-            result = _write_volumes(group, out_path, plan, options, progress)
+            result = _write_volumes(group, staging, plan, options, progress)
         else:
-            result = _write_tiles(group, out_path, kind, plan, options, progress)
-    except DataError:
-        shutil.rmtree(out_path, ignore_errors=True)
-        raise
+            result = _write_tiles(group, staging, kind, plan, options, progress)
+    result.path = out_path
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _check_promised_splits(
+    source: Path, promised: set[str], written: set[str], failures: _Failures, what: str
+) -> None:
+    """Raise when a split the split settings promised holds nothing (its inputs failed)."""
+    for split in sorted(promised - written):
+        failed = [f["path"] for f in failures.items]
+        listed = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        raise DataError(
+            f"{source}: split {split!r} would be empty: all {what} assigned to it failed "
+            f"({listed or 'none listed'}); fix or remove them, pass --seed N for another "
+            f"split, or --val-fraction 0 for no validation split"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,6 +406,13 @@ def _write_tiles(
                 )
     if "train" not in counts:
         raise DataError(f"{plan.source}: no training tiles were written")
+    promised = {
+        part
+        for assigned in plan.split.values()
+        for value in assigned.values()
+        for part in (("train", "val") if value == "both" else (value,))
+    }
+    _check_promised_splits(plan.source, promised, set(counts), failures, "input(s)")
     manifest = {
         "created_by": "stainbench data ingest",
         "stainbench_version": __version__,
@@ -605,6 +631,7 @@ def _write_volumes(
     refs: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
     chunk_info: dict[str, Any] = {}
     opened: dict[str, dict[str, VolumeSource]] = {}
+    empty: dict[str, int] = {}  # array key -> all-zero outer chunks (zarr stores no file)
     for name, paths in plan.volumes.items():
         try:
             srcs = {d: open_volume(p) for d, p in paths.items()}
@@ -637,9 +664,12 @@ def _write_volumes(
                 chunks=(*chunks, vs.shape[3]),
                 shards=(*options.shards, vs.shape[3]) if options.shards else None,
             )
+            key = f"volumes/{name}/{domain}"
+            empty[key] = 0
             for z0, z1, y0, y1 in _volume_blocks(vs.shape, vs.dtype.itemsize, outer):
                 block = vs.read(z0, z1, y0, y1)
                 arr[z0:z1, y0:y1] = block
+                empty[key] += _zero_chunks(block, outer)
                 done += block.nbytes
                 if progress is not None:
                     progress("ingest", done, total)
@@ -671,6 +701,12 @@ def _write_volumes(
         else:
             refs[split].append({"name": name, "z": [0, z]})
     refs = {k: v for k, v in refs.items() if v}
+    promised = {
+        part
+        for value in plan.split.values()
+        for part in (("train", "val") if value == "both" else (value,))
+    }
+    _check_promised_splits(plan.source, promised, set(refs), failures, "volume(s)")
     manifest = {
         "created_by": "stainbench data ingest",
         "stainbench_version": __version__,
@@ -690,6 +726,7 @@ def _write_volumes(
         },
         "chunks": chunk_info,
     }
+    group.attrs[ATTR] = {**dict(group.attrs[ATTR]), EMPTY_CHUNKS_KEY: empty}  # type: ignore[arg-type]
     digest, _ = finalize_with_stats(group, out, "volume", manifest, _stats_progress(progress))
     counts = {s: {"volumes": len(v)} for s, v in refs.items()}
     return IngestResult(
@@ -718,6 +755,19 @@ def _volume_blocks(
     for z0 in range(0, z, cz):
         for y0 in range(0, y, rows):
             yield z0, min(z, z0 + cz), y0, min(y, y0 + rows)
+
+
+def _zero_chunks(block: np.ndarray, outer: tuple[int, int, int]) -> int:
+    """All-zero outer chunks (shards) in ``block`` ``(z, y, X, C)``, which starts on the
+    outer chunk grid and spans the full x axis; zarr writes no file for those."""
+    cz, cy, cx = outer
+    n = 0
+    for z in range(0, block.shape[0], cz):
+        for y in range(0, block.shape[1], cy):
+            for x in range(0, block.shape[2], cx):
+                if not block[z : z + cz, y : y + cy, x : x + cx].any():
+                    n += 1
+    return n
 
 
 def _file_sha256(path: Path) -> str:

@@ -530,17 +530,23 @@ def _add(target: dict[tuple[str, str], np.ndarray], key: tuple[str, str], h: np.
 
 
 def write_per_image(group: Any, per_image: Mapping[str, np.ndarray]) -> None:
-    """Write per-tile statistics arrays ``stats/<split>/<domain>`` into an open zarr group."""
-    for key, values in per_image.items():
-        arr = group.create_array(
-            f"stats/{key}",
-            shape=values.shape,
-            dtype="float64",
-            chunks=values.shape if values.size else None,
-            overwrite=True,
-        )
-        arr[...] = values
-        arr.attrs["fields"] = list(FIELDS)
+    """Write per-tile statistics arrays ``stats/<split>/<domain>`` into an open zarr group.
+
+    The chunk is written even when all values are zero, so a missing chunk file is damage.
+    """
+    import zarr
+
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        for key, values in per_image.items():
+            arr = group.create_array(
+                f"stats/{key}",
+                shape=values.shape,
+                dtype="float64",
+                chunks=values.shape if values.size else None,
+                overwrite=True,
+            )
+            arr[...] = values
+            arr.attrs["fields"] = list(FIELDS)
 
 
 def recompute_store_stats(
@@ -554,13 +560,24 @@ def recompute_store_stats(
 
     Replaces ``stats`` in the store's attributes and the per-tile arrays; the manifest (and
     its hash) are unchanged. ``scheduler``, ``threads`` and ``processes`` as in
-    :func:`compute_store_stats`.
+    :func:`compute_store_stats`. A damaged store (an array of the manifest or a chunk file
+    missing, see :func:`stainbench.data.info.store_problems`) is refused with a
+    :class:`DataError` before anything is read or written.
     """
     import zarr
 
+    from stainbench.data.info import store_problems
     from stainbench.data.store import open_store, update_stats
 
     store = open_store(path)
+    problems = store_problems(store.path)
+    if problems:
+        more = f" (and {len(problems) - 1} more; see 'stainbench data info')"
+        raise DataError(
+            f"{store.path}: damaged store: {problems[0]}"
+            + (more if len(problems) > 1 else "")
+            + "; statistics not changed; re-ingest it with --force"
+        )
     result = compute_store_stats(
         store,
         scheduler=scheduler,

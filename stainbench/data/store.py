@@ -13,14 +13,21 @@ and lists in ``manifest["split"]`` which volume (or which z range of it) belongs
 Writers call :func:`create_store` (``complete`` is ``false`` from the first byte on), fill the
 arrays, then :func:`finalize_store`, which writes manifest, hash and stats and only then sets
 ``complete`` to ``true``. Readers call :func:`open_store`, which refuses anything else.
+
+:func:`staged_store` writes a new store into a hidden sibling folder and moves it into place
+only when the writer finished, so replacing a store (``--force``) loses nothing on a failure
+or Ctrl-C: ``stainbench data ingest`` uses it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +45,10 @@ SCHEMA_VERSION = 1
 #: Name of the root attribute holding everything stainbench writes.
 ATTR = "stainbench"
 KINDS = ("paired", "unpaired", "volume")
+#: Root attribute key: ``{array key: count}`` of all-zero chunks (shards) that zarr wrote no
+#: file for, recorded by ``data ingest`` for volume arrays, so ``data info`` can tell a
+#: deleted chunk file from an empty one.
+EMPTY_CHUNKS_KEY = "empty_chunks"
 #: Names that are groups of the store but not splits.
 _RESERVED = ("stats", "volumes")
 
@@ -204,38 +215,168 @@ def open_store(path: str | Path) -> TileStore:
         )
     if attrs.get("kind") not in KINDS:
         raise DataError(f"{p}: unknown store kind {attrs.get('kind')!r}")
+    missing = [key for key in expected_arrays(attrs) if not (p / key / "zarr.json").is_file()]
+    if missing:
+        raise DataError(
+            f"{p}: damaged store: array {missing[0]} listed in its manifest is missing"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; re-ingest the data with --force"
+        )
     import zarr
 
     group = zarr.open_group(str(p), mode="r")
     return TileStore(p, group, attrs)
 
 
-def create_store(path: str | Path, kind: str, force: bool = False) -> zarr.Group:
-    """Create an empty store at ``path`` marked incomplete; returns the zarr group.
+def expected_arrays(attrs: Mapping[str, Any]) -> dict[str, int | None]:
+    """Arrays a complete store must hold according to its attributes: ``{key: first dim}``.
 
-    An existing stainbench (or other zarr) store at ``path`` is refused unless ``force``;
-    a non-empty directory that is not a zarr store is always refused (never deleted).
+    Tile stores: ``<split>/<domain>`` from ``manifest.split.counts`` (first dim = tile count)
+    and the per-tile statistics arrays listed in ``stats.per_image`` (first dim = same
+    count); volume stores: ``volumes/<name>/<domain>`` from ``manifest.sources`` (first dim
+    = Z). Stores whose manifest lists nothing (hand-written test stores) expect nothing.
     """
-    if kind not in KINDS:
-        raise DataError(f"unknown store kind {kind!r} (expected one of {', '.join(KINDS)})")
+    manifest = attrs.get("manifest") or {}
+    out: dict[str, int | None] = {}
+    if not isinstance(manifest, Mapping):
+        return out
+    split = manifest.get("split") or {}
+    counts = split.get("counts") if isinstance(split, Mapping) else None
+    if attrs.get("kind") != "volume" and isinstance(counts, Mapping):
+        for name, domains in counts.items():
+            if isinstance(domains, Mapping):
+                for domain, n in domains.items():
+                    out[f"{name}/{domain}"] = int(n) if isinstance(n, int) else None
+    if attrs.get("kind") == "volume":
+        for src in manifest.get("sources") or []:
+            if isinstance(src, Mapping) and "volume" in src and "domain" in src:
+                shape = src.get("shape")
+                first = int(shape[0]) if isinstance(shape, list) and shape else None
+                out[f"volumes/{src['volume']}/{src['domain']}"] = first
+    stats = attrs.get("stats") or {}
+    per_image = stats.get("per_image") if isinstance(stats, Mapping) else None
+    if isinstance(per_image, Mapping):
+        for key, where in per_image.items():
+            out[str(where)] = out.get(str(key))
+    return out
+
+
+def _is_zarr_leftover(p: Path) -> bool:
+    """True when every file under ``p`` is zarr metadata (``zarr.json``) or a chunk file
+    (below a ``c`` folder) and there is at least one: what an interrupted delete or write
+    of a store leaves behind."""
+    seen = False
+    for root, _dirs, files in os.walk(p):
+        rel = Path(root).relative_to(p).parts
+        for name in files:
+            if name != "zarr.json" and "c" not in rel:
+                return False
+            seen = True
+    return seen
+
+
+def check_target(path: str | Path, force: bool) -> None:
+    """Raise :class:`DataError` unless a new store may be written at ``path``.
+
+    Allowed: nothing there, an empty folder, or (with ``force``) a zarr store or the zarr
+    remains of an interrupted run. Anything else is never touched.
+    """
     p = Path(path)
-    if p.exists():
-        if not p.is_dir():
-            raise DataError(f"{p}: exists and is not a directory; choose another --out")
-        if any(p.iterdir()):
-            if not (p / "zarr.json").is_file():
-                raise DataError(
-                    f"{p}: directory is not empty and not a zarr store; refusing to overwrite it"
-                )
-            if not force:
-                what = "a stainbench store" if read_attrs(p) is not None else "a zarr store"
-                raise DataError(f"{p}: already holds {what}; pass --force to replace it")
-        shutil.rmtree(p)
+    if not p.exists():
+        return
+    if not p.is_dir():
+        raise DataError(f"{p}: exists and is not a directory; choose another --out")
+    if not any(p.iterdir()):
+        return
+    if (p / "zarr.json").is_file():
+        if not force:
+            what = "a stainbench store" if read_attrs(p) is not None else "a zarr store"
+            raise DataError(f"{p}: already holds {what}; pass --force to replace it")
+        return
+    if _is_zarr_leftover(p):
+        if not force:
+            raise DataError(
+                f"{p}: holds the remains of a store (zarr arrays, no root zarr.json); "
+                "pass --force to replace it"
+            )
+        return
+    raise DataError(
+        f"{p}: directory is not empty and not a zarr store; refusing to overwrite it "
+        f"(delete it yourself with 'rm -r {p}' or choose another --out)"
+    )
+
+
+def _init_group(p: Path, kind: str) -> zarr.Group:
     import zarr
 
     group = zarr.open_group(str(p), mode="w")
     group.attrs[ATTR] = {"schema_version": SCHEMA_VERSION, "kind": kind, "complete": False}
     return group
+
+
+def create_store(path: str | Path, kind: str, force: bool = False) -> zarr.Group:
+    """Create an empty store at ``path`` marked incomplete; returns the zarr group.
+
+    An existing stainbench (or other zarr) store at ``path``, or the zarr remains of an
+    interrupted run, is refused unless ``force`` (then deleted first: prefer
+    :func:`staged_store`, which keeps the old store until the new one is written); a
+    non-empty directory that is not a zarr store is always refused (never deleted).
+    """
+    if kind not in KINDS:
+        raise DataError(f"unknown store kind {kind!r} (expected one of {', '.join(KINDS)})")
+    p = Path(path)
+    check_target(p, force)
+    if p.exists():
+        shutil.rmtree(p)
+    return _init_group(p, kind)
+
+
+@contextmanager
+def staged_store(
+    path: str | Path, kind: str, force: bool = False
+) -> Iterator[tuple[zarr.Group, Path]]:
+    """Write a new store without risking the one at ``path``; yields ``(group, staging)``.
+
+    The store is created (marked incomplete) in a hidden sibling ``.NAME.tmp-XXXX``; write
+    it and finalize it inside the ``with`` block, passing ``staging`` wherever a path is
+    needed. When the block ends normally the staging folder replaces ``path`` (old store
+    renamed to ``.NAME.old-XXXX``, new one renamed in, old one deleted): a reader sees the
+    old store or the new one, never a mix. On any exception, KeyboardInterrupt included,
+    the staging folder is deleted and ``path`` is left exactly as it was. The target is
+    checked first as in :func:`create_store` (``force`` to replace a store).
+    """
+    if kind not in KINDS:
+        raise DataError(f"unknown store kind {kind!r} (expected one of {', '.join(KINDS)})")
+    p = Path(path)
+    check_target(p, force)
+    parent = p.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=parent))
+    try:
+        group = _init_group(staging, kind)
+        yield group, staging
+        check_target(p, force)  # something may have appeared at ``path`` meanwhile
+        _swap_into_place(staging, p)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(staging: Path, p: Path) -> None:
+    """Rename ``staging`` to ``p``; an existing ``p`` is moved aside first, then deleted."""
+    old: Path | None = None
+    if p.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{p.name}.old-", dir=p.absolute().parent))
+        os.rename(p, old / "store")
+    try:
+        os.rename(staging, p)
+    except BaseException:
+        if old is not None:
+            os.rename(old / "store", p)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def finalize_store(
