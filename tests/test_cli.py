@@ -127,10 +127,11 @@ def test_ctrl_c_in_a_command_is_one_line_and_exit_130(
 
 
 def test_ctrl_c_of_a_real_command_process_is_reported() -> None:
-    # `data demo` is long enough to be interrupted; SIGINT after the import, mid-work
+    # `data demo` is long enough to be interrupted; SIGINT once it has begun to write
     import signal
     import tempfile
     import time
+    from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
@@ -139,7 +140,11 @@ def test_ctrl_c_of_a_real_command_process_is_reported() -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(4)
+        deadline = time.monotonic() + 90
+        while not any(Path(tmp).iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the command has started writing (imports done)
+        time.sleep(0.5)
+        assert proc.poll() is None, "data demo ended before it could be interrupted"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

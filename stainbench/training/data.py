@@ -79,9 +79,16 @@ def sampling_for(recipe: Recipe, kind: str) -> str:
 
 def open_training_data(recipe: Recipe, store: Path, size_multiple: int) -> TrainingData:
     """Open ``store`` and build the datasets the recipe asks for (see module docstring)."""
+    from stainbench.data.info import store_problems
     from stainbench.data.store import open_store
 
     opened = open_store(store)
+    problems = store_problems(store)  # a missing chunk file would read back as black tiles
+    if problems:
+        more = ""
+        if len(problems) > 1:
+            more = f" (and {len(problems) - 1} more: stainbench data info {store})"
+        raise DataError(f"{store}: damaged store: {problems[0]}{more}")
     kind = opened.kind
     if "train" not in opened.splits:
         raise DataError(f"{store}: has no 'train' split (has {', '.join(opened.splits)})")

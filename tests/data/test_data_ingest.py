@@ -182,7 +182,8 @@ def test_existing_store_refused_unless_force(tmp_path: Path) -> None:
     ingest(tmp_path / "src", tmp_path / "s.zarr", IngestOptions(force=True))
 
 
-def test_interrupted_ingestion_is_marked_incomplete_and_refused(tmp_path: Path) -> None:
+def test_interrupted_ingestion_leaves_nothing_behind(tmp_path: Path) -> None:
+    # the store is written into a hidden sibling and renamed into place only when complete
     _paired_folder(tmp_path / "src", n=6)
 
     def interrupt(task: str, done: int, total: int) -> None:
@@ -191,11 +192,9 @@ def test_interrupted_ingestion_is_marked_incomplete_and_refused(tmp_path: Path) 
 
     with pytest.raises(KeyboardInterrupt):
         ingest(tmp_path / "src", tmp_path / "s.zarr", IngestOptions(), progress=interrupt)
-    assert (tmp_path / "s.zarr").exists()
-    with pytest.raises(DataError, match="incomplete store"):
-        open_store(tmp_path / "s.zarr")
-    assert describe_store(tmp_path / "s.zarr").complete is False
-    ingest(tmp_path / "src", tmp_path / "s.zarr", IngestOptions(force=True))
+    assert not (tmp_path / "s.zarr").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".s.zarr.")]
+    ingest(tmp_path / "src", tmp_path / "s.zarr", IngestOptions())
     assert open_store(tmp_path / "s.zarr").kind == "paired"
 
 
