@@ -40,7 +40,7 @@ import numpy as np
 
 from stainbench import __version__
 from stainbench.data.stats import StatsAccumulator
-from stainbench.data.store import create_store, read_attrs
+from stainbench.data.store import read_attrs, staged_store
 from stainbench.data.writer import (
     TILES_PER_SHARD,
     create_tile_array,
@@ -251,26 +251,26 @@ def make_demo_store(
     }
 
     # paired ------------------------------------------------------------------------------
-    group = create_store(paths["paired"], "paired", force=force)
-    counter = _Counter(progress, "paired tiles", 2 * (n_train + n_val))
-    acc = StatsAccumulator()
-    for split in ("train", "val"):
-        for domain, image in (("A", h_only), ("B", source)):
-            arr = create_tile_array(
-                group, f"{split}/{domain}", len(pos[split]), tile, tile, 3, "u1"
-            )
-            _write_tiles(arr, image, pos[split], tile, acc, counter)
-    manifest = {
-        **base,
-        "kind": "paired",
-        "split": {
-            **split_layout(tile, reg),
-            "seed": seed,
-            "positions": {s: pos[s].tolist() for s in pos},
-            "counts": {s: {"A": len(pos[s]), "B": len(pos[s])} for s in pos},
-        },
-    }
-    finalize_with_stats(group, paths["paired"], "paired", manifest, accumulated=acc)
+    with staged_store(paths["paired"], "paired", force) as (group, staging):
+        counter = _Counter(progress, "paired tiles", 2 * (n_train + n_val))
+        acc = StatsAccumulator()
+        for split in ("train", "val"):
+            for domain, image in (("A", h_only), ("B", source)):
+                arr = create_tile_array(
+                    group, f"{split}/{domain}", len(pos[split]), tile, tile, 3, "u1"
+                )
+                _write_tiles(arr, image, pos[split], tile, acc, counter)
+        manifest = {
+            **base,
+            "kind": "paired",
+            "split": {
+                **split_layout(tile, reg),
+                "seed": seed,
+                "positions": {s: pos[s].tolist() for s in pos},
+                "counts": {s: {"A": len(pos[s]), "B": len(pos[s])} for s in pos},
+            },
+        }
+        finalize_with_stats(group, staging, "paired", manifest, accumulated=acc)
 
     # unpaired ----------------------------------------------------------------------------
     urng = np.random.default_rng([seed, 1])
@@ -279,28 +279,28 @@ def make_demo_store(
         for s, n in (("train", n_train), ("val", n_val))
     }
     upos: dict[str, dict[str, list[list[int]]]] = {}
-    group = create_store(paths["unpaired"], "unpaired", force=force)
-    acc = StatsAccumulator()
-    for split in ("train", "val"):
-        upos[split] = {}
-        for domain, image in (("A", h_only), ("B", source)):
-            p = sample_positions(urng, reg[split], tile, counts[split][domain])
-            arr = create_tile_array(group, f"{split}/{domain}", len(p), tile, tile, 3, "u1")
-            _write_tiles(arr, image, p, tile, acc)
-            upos[split][domain] = p.tolist()
-            _tick(progress, "unpaired tiles", 1, 1)
-    manifest = {
-        **base,
-        "kind": "unpaired",
-        "split": {
-            **split_layout(tile, reg),
-            "seed": seed,
-            "positions": upos,
-            "counts": counts,
-            "note": "A and B tiles at independent random positions, unequal counts",
-        },
-    }
-    finalize_with_stats(group, paths["unpaired"], "unpaired", manifest, accumulated=acc)
+    with staged_store(paths["unpaired"], "unpaired", force) as (group, staging):
+        acc = StatsAccumulator()
+        for split in ("train", "val"):
+            upos[split] = {}
+            for domain, image in (("A", h_only), ("B", source)):
+                p = sample_positions(urng, reg[split], tile, counts[split][domain])
+                arr = create_tile_array(group, f"{split}/{domain}", len(p), tile, tile, 3, "u1")
+                _write_tiles(arr, image, p, tile, acc)
+                upos[split][domain] = p.tolist()
+                _tick(progress, "unpaired tiles", 1, 1)
+        manifest = {
+            **base,
+            "kind": "unpaired",
+            "split": {
+                **split_layout(tile, reg),
+                "seed": seed,
+                "positions": upos,
+                "counts": counts,
+                "note": "A and B tiles at independent random positions, unequal counts",
+            },
+        }
+        finalize_with_stats(group, staging, "unpaired", manifest, accumulated=acc)
 
     # volume ------------------------------------------------------------------------------
     write_demo_volume(paths["volume"], source, base, force=force)
@@ -323,43 +323,43 @@ def write_demo_volume(
 ) -> None:
     """The demo volume (see the module docstring): paired A/B, split by z range."""
     z = VOLUME_Z
-    group = create_store(path, "volume", force=force)
-    arrays = {
-        d: create_volume_array(
-            group,
-            f"volumes/ihc_stack/{d}",
-            (z, VOLUME_SIDE, VOLUME_SIDE, 3),
-            "u1",
-            chunks=(8, 128, 128, 3),
-        )
-        for d in ("A", "B")
-    }
-    for k in range(z):
-        o = VOLUME_DRIFT * k
-        window = source[o : o + VOLUME_SIDE, o : o + VOLUME_SIDE]
-        factor = 0.75 + 0.5 * k / (z - 1)
-        arrays["A"][k] = render_stains(window, h_only=True, factor=factor)
-        arrays["B"][k] = render_stains(window, h_only=False, factor=factor)
-    z_val = z - z // 4
-    manifest = {
-        **base,
-        "kind": "volume",
-        "params": {"slices": z, "side": VOLUME_SIDE, "drift_px": VOLUME_DRIFT},
-        "conversions": [
-            *base["conversions"],
-            f"slice z = window at offset (8z, 8z) of the source, stain optical densities x "
-            f"(0.75 + 0.5 z / {z - 1}), re-rendered with hed2rgb",
-        ],
-        "split": {
-            "method": "region",
-            "axis": "z",
-            "volumes": {
-                "train": [{"name": "ihc_stack", "z": [0, z_val]}],
-                "val": [{"name": "ihc_stack", "z": [z_val, z]}],
+    with staged_store(path, "volume", force) as (group, staging):
+        arrays = {
+            d: create_volume_array(
+                group,
+                f"volumes/ihc_stack/{d}",
+                (z, VOLUME_SIDE, VOLUME_SIDE, 3),
+                "u1",
+                chunks=(8, 128, 128, 3),
+            )
+            for d in ("A", "B")
+        }
+        for k in range(z):
+            o = VOLUME_DRIFT * k
+            window = source[o : o + VOLUME_SIDE, o : o + VOLUME_SIDE]
+            factor = 0.75 + 0.5 * k / (z - 1)
+            arrays["A"][k] = render_stains(window, h_only=True, factor=factor)
+            arrays["B"][k] = render_stains(window, h_only=False, factor=factor)
+        z_val = z - z // 4
+        manifest = {
+            **base,
+            "kind": "volume",
+            "params": {"slices": z, "side": VOLUME_SIDE, "drift_px": VOLUME_DRIFT},
+            "conversions": [
+                *base["conversions"],
+                f"slice z = window at offset (8z, 8z) of the source, stain optical densities x "
+                f"(0.75 + 0.5 z / {z - 1}), re-rendered with hed2rgb",
+            ],
+            "split": {
+                "method": "region",
+                "axis": "z",
+                "volumes": {
+                    "train": [{"name": "ihc_stack", "z": [0, z_val]}],
+                    "val": [{"name": "ihc_stack", "z": [z_val, z]}],
+                },
             },
-        },
-    }
-    finalize_with_stats(group, path, "volume", manifest, None)
+        }
+        finalize_with_stats(group, staging, "volume", manifest, None)
 
 
 class _Counter:

@@ -107,18 +107,18 @@ def write_tile_store(
 ) -> str:
     """Write in-memory tiles ``{split: {domain: (N, H, W, C) uint8/uint16}}`` as a complete
     store with statistics (small data sets and tests). Returns the manifest hash."""
-    from stainbench.data.store import create_store
+    from stainbench.data.store import staged_store
 
-    group = create_store(path, kind, force=force)
-    for split, domains in tiles.items():
-        for domain, values in domains.items():
-            if values.ndim != 4:
-                raise DataError(
-                    f"{split}/{domain}: expected (N, H, W, C) tiles, got {values.shape}"
-                )
-            n, h, w, c = values.shape
-            arr = create_tile_array(group, f"{split}/{domain}", n, h, w, c, values.dtype)
-            for s in range(0, n, TILES_PER_SHARD):
-                arr[s : s + TILES_PER_SHARD] = values[s : s + TILES_PER_SHARD]
-    digest, _ = finalize_with_stats(group, path, kind, dict(manifest))
+    with staged_store(path, kind, force) as (group, staging):
+        for split, domains in tiles.items():
+            for domain, values in domains.items():
+                if values.ndim != 4:
+                    raise DataError(
+                        f"{split}/{domain}: expected (N, H, W, C) tiles, got {values.shape}"
+                    )
+                n, h, w, c = values.shape
+                arr = create_tile_array(group, f"{split}/{domain}", n, h, w, c, values.dtype)
+                for s in range(0, n, TILES_PER_SHARD):
+                    arr[s : s + TILES_PER_SHARD] = values[s : s + TILES_PER_SHARD]
+        digest, _ = finalize_with_stats(group, staging, kind, dict(manifest))
     return digest
