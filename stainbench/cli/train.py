@@ -15,10 +15,16 @@ if TYPE_CHECKING:
 
 HELP = (
     "Train a model family (unet, pix2pix, cyclegan) from a YAML recipe in train/.\n\n"
-    "Writes RUN_DIR/last.pt and best.pt (atomically), the resolved recipe (recipe.yaml), "
-    "metrics.jsonl, metrics.csv and val.csv. Ctrl-C stops after the current step and saves "
-    "last.pt; --resume continues bit-for-bit. Multi-process data-parallel: "
-    "'torchrun --nproc-per-node N -m stainbench train RECIPE ...'."
+    "Writes RUN_DIR/last.pt and best.pt (atomically), the resolved recipe (recipe.yaml, with "
+    "the store's absolute path), metrics.jsonl, metrics.csv and val.csv. Ctrl-C stops after "
+    "the current step and saves last.pt.\n\n"
+    "--resume continues from RUN_DIR/last.pt with the run's recipe: on the same device and "
+    "thread count it ends with the same weights as an uninterrupted run. Only train.steps and "
+    "train.decay_steps (train longer; the learning rate follows the new schedule), "
+    "train.log_every, train.val_every, train.checkpoint_every, train.threads, train.device, "
+    "data.workers and the store's path may change; any other change is refused (start a new "
+    "run with another --out).\n\n"
+    "Multi-process data-parallel: 'torchrun --nproc-per-node N -m stainbench train RECIPE ...'."
 )
 
 
@@ -28,14 +34,23 @@ def train(
     ],
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Store to train on (overrides the recipe's data.store)."),
+        typer.Option(
+            "--data",
+            help="Store to train on (overrides the recipe's data.store; with --resume, default: "
+            "the store recorded in last.pt).",
+        ),
     ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Run directory (default: runs/<recipe name>)."),
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in the run directory (last.pt).")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in the run directory from last.pt (same recipe; see above "
+            "for what may change).",
+        ),
     ] = False,
     overrides: Annotated[
         list[str] | None,

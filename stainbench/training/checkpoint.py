@@ -19,9 +19,9 @@ resume training.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,19 +99,34 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     stainbench checkpoint, a corrupt one, or one of another (newer) schema version.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise ModelError(f"{path}: no such checkpoint file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        EOFError,
-        RuntimeError,
-        OSError,
-        ValueError,
-    ) as exc:
-        raise ModelError(f"{path}: not a readable stainbench checkpoint ({_why(exc)})") from None
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the checkpoint ({exc.strerror})") from None
+    if size == 0:
+        raise ModelError(
+            f"{path}: empty file, not a stainbench checkpoint; give a last.pt or best.pt "
+            "written by 'stainbench train'"
+        )
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise for a user
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as exc:
+        raise ModelError(f"{path}: cannot read the checkpoint ({exc.strerror})") from None
+    except MemoryError:
+        raise ModelError(f"{path}: not a readable stainbench checkpoint (out of memory)") from None
+    except Exception as exc:
+        # any failure of torch.load means "not readable": a corrupt pickle stream can raise
+        # nearly anything (KeyError, IndexError, AttributeError, UnicodeDecodeError, ...)
+        raise ModelError(
+            f"{path}: not a readable stainbench checkpoint ({_why(exc, path)}); give a last.pt "
+            "or best.pt written by 'stainbench train'"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelError(f"{path}: not a stainbench checkpoint (no '{FORMAT}' format marker)")
     version = data.get("schema_version")
@@ -133,15 +148,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _why(exc: BaseException) -> str:
-    """One short line saying why torch.load failed."""
+def _why(exc: BaseException, path: Path) -> str:
+    """One short line saying why ``torch.load`` failed on ``path``."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if found:
         return f"it holds pickled objects ({found.group(1)}), not plain data"
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if head == b"PK\x03\x04":  # torch.save's format: a zip archive holding */data.pkl
+        if not zipfile.is_zipfile(path):
+            return "truncated: the zip archive's directory at its end is missing"
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "corrupt zip archive"
+        if not any(n.endswith("/data.pkl") for n in names):
+            return "a zip archive, but not one written by torch.save"
+    elif head[:1] != b"\x80":  # neither a zip archive nor a (legacy torch.save) pickle
+        return "not a file written by torch.save"
+    elif "WeightsUnpickler error" in text:
+        return "a pickle file, but not a torch.save checkpoint of plain data"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = lines[0] if lines else type(exc).__name__
-    return f"corrupt or truncated: {first[:100]}"
+    detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return f"corrupt or truncated: {detail[:100]}"
 
 
 def build_network(payload: dict[str, Any], name: str, where: str = "checkpoint") -> torch.nn.Module:

@@ -35,11 +35,11 @@ import torch
 import yaml
 
 from stainbench.data.transforms import normalize_batch
-from stainbench.errors import ConfigError, ModelError, TrainingError
+from stainbench.errors import ConfigError, DataError, ModelError, TrainingError
 from stainbench.training.checkpoint import load_checkpoint, save_checkpoint
 from stainbench.training.data import StepBatches, TrainingData, open_training_data, train_loader
-from stainbench.training.recipe import Recipe, resolved
-from stainbench.training.task import Task, TaskContext
+from stainbench.training.recipe import RESUMABLE_KEYS, Recipe, recipe_changes, resolved
+from stainbench.training.task import Task, TaskContext, linear_decay
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +186,18 @@ class MetricsLog:
         self.records: list[dict[str, Any]] = []
         if keep_until is not None and self.jsonl.exists():
             # a resumed run drops what was logged after its checkpoint
-            for line in self.jsonl.read_text().splitlines():
-                if line.strip():
+            for n, line in enumerate(self.jsonl.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
                     rec = json.loads(line)
-                    if rec.get("step", 0) <= keep_until:
-                        self.records.append(rec)
+                except json.JSONDecodeError:
+                    raise TrainingError(
+                        f"{self.jsonl}: line {n} is not JSON; repair or delete that line, "
+                        "then resume again"
+                    ) from None
+                if isinstance(rec, dict) and rec.get("step", 0) <= keep_until:
+                    self.records.append(rec)
         self._rewrite()
         self._tb = None
         try:  # TensorBoard only if it is installed
@@ -275,13 +282,132 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _check_resume(
-    payload: dict[str, Any], recipe: Recipe, task: Task, path: Path, data: TrainingData
-) -> None:
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory that cannot be one (a file, or below a file) before any work."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(
+            f"--out {run_dir} is a file, not a directory; give a new or existing run directory"
+        )
+    for parent in run_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TrainingError(
+                    f"--out {run_dir}: {parent} is a file, not a directory; "
+                    "give a path below a directory"
+                )
+            if not run_dir.exists() and not os.access(parent, os.W_OK | os.X_OK):
+                raise TrainingError(
+                    f"--out {run_dir}: cannot create it, {parent} is not writable; "
+                    "choose another --out"
+                )
+            break
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _resume_recipe(payload: dict[str, Any], recipe: Recipe, path: Path) -> Recipe:
+    """The recipe a resume runs with: ``recipe`` if it differs from the checkpoint's only in
+    :data:`~stainbench.training.recipe.RESUMABLE_KEYS`, with the checkpoint's run name.
+
+    Raises a one-line :class:`TrainingError` listing every other changed key (old -> new), and
+    one for a ``train.steps`` below the checkpoint's step.
+    """
     if payload["family"] != recipe.family:
         raise ModelError(
             f"{path}: is a {payload['family']} checkpoint, the recipe trains {recipe.family}"
         )
+    saved = payload.get("recipe")
+    if not isinstance(saved, dict):
+        raise ModelError(f"{path}: the checkpoint holds no recipe (corrupt file?)")
+    changes = recipe_changes(saved, recipe)
+    refused = {k: v for k, v in changes.items() if k not in RESUMABLE_KEYS}
+    if refused:
+        shown = [f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in refused.items()]
+        more = f" and {len(shown) - 6} more" if len(shown) > 6 else ""
+        raise TrainingError(
+            f"{path.parent}: --resume must keep the run's recipe, but "
+            f"{', '.join(shown[:6])}{more} changed; drop these changes to continue the run, "
+            "or start a new run with another --out (on resume only train.steps, "
+            "train.decay_steps, the log/val/checkpoint cadence, train.threads, train.device, "
+            "data.workers and the store's path may change)"
+        )
+    step = int(payload["step"])
+    t = recipe.train
+    if t.steps < step:
+        raise TrainingError(
+            f"{path}: is at step {step}, past train.steps={t.steps}; resume with "
+            f"--set train.steps=N with N >= {step}"
+        )
+    old_t = saved.get("train") if isinstance(saved.get("train"), dict) else {}
+    old_steps = old_t.get("steps", t.steps)
+    old_decay = old_t.get("decay_steps", t.decay_steps)
+    if (old_steps, old_decay) != (t.steps, t.decay_steps):
+        before, after = linear_decay(old_steps, old_decay), linear_decay(t.steps, t.decay_steps)
+        moved = [s for s in range(step) if before(s) != after(s)]
+        if moved:
+            log.warning(
+                "train.steps/decay_steps changed after the learning rate began to decay (step "
+                "%d); from step %d on it follows the new schedule, so this run differs from "
+                "one trained with the new values from the start",
+                moved[0],
+                step,
+            )
+    if t.steps == step:
+        log.warning(
+            "%s: the run already reached train.steps=%d; nothing to train (raise it with "
+            "--set train.steps=N to train longer)",
+            path.parent,
+            step,
+        )
+    saved_name = str(payload.get("run_name") or saved.get("name") or recipe.name)
+    if recipe.name != saved_name:
+        log.info("resuming run %r (the recipe names it %r)", saved_name, recipe.name)
+    return replace(recipe, name=saved_name)
+
+
+def _store_to_use(
+    store: str | Path | None, recipe: Recipe, payload: dict[str, Any] | None
+) -> Path | None:
+    """``--data`` if given; on resume the store the checkpoint recorded (an absolute path;
+    older checkpoints hold it as given) when it still exists; else the recipe's
+    ``data.store``. The loop then checks that the store's manifest hash is the run's."""
+    if store is not None:
+        return Path(store)
+    if payload is not None:
+        recorded = (payload.get("data") or {}).get("store")
+        if isinstance(recorded, str) and recorded:
+            if Path(recorded).expanduser().is_dir():
+                return Path(recorded)
+            if recipe.data.store is None or not recipe.data.store.expanduser().exists():
+                raise DataError(
+                    f"the run was trained on store {recorded}, which is not there (seen from "
+                    f"{Path.cwd()}); pass its path with --data"
+                )
+    return recipe.data.store
+
+
+def _follow_schedule(task: Task) -> None:
+    """After loading a checkpoint: set each optimizer's LR from its scheduler's (possibly new)
+    schedule at the loaded step. The optimizer state holds the LR the old schedule chose for
+    the next step; with raised ``train.steps`` the new schedule may choose another."""
+    for sched in task.schedulers.values():
+        lambdas = getattr(sched, "lr_lambdas", None)
+        if lambdas is None:
+            continue
+        lrs = [
+            base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, lambdas, strict=True)
+        ]
+        for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        sched._last_lr = lrs  # what get_last_lr() reports
+
+
+def _check_resume(
+    payload: dict[str, Any], recipe: Recipe, task: Task, path: Path, data: TrainingData
+) -> None:
     for name, spec in task.specs.items():
         saved = payload["networks"].get(name)
         if saved != {"arch": spec.arch, "kwargs": spec.kwargs}:
@@ -320,9 +446,20 @@ def fit(
 
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
-    store_path = Path(store) if store is not None else recipe.data.store
-    if store_path is None:
+    _check_run_dir(run_dir)
+    last_path = run_dir / "last.pt"
+    payload: dict[str, Any] | None = None
+    if resume:
+        if not last_path.exists():
+            raise TrainingError(f"{run_dir}: no last.pt to resume from; start without --resume")
+        payload = load_checkpoint(last_path)
+        recipe = _resume_recipe(payload, recipe, last_path)
+    given = _store_to_use(store, recipe, payload)
+    if given is None:
         raise ConfigError("data.store: no store given (set it in the recipe or pass --data)")
+    # the absolute path goes into recipe.yaml and the checkpoints, so that a later resume or
+    # export run from another directory finds the store
+    store_path = given.expanduser().resolve()
     recipe = replace(recipe, data=replace(recipe.data, store=store_path))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -338,7 +475,8 @@ def fit(
         return _fit(
             recipe,
             run_dir,
-            resume,
+            payload,
+            str(given),
             progress and main,
             stop_after,
             on_step,
@@ -355,7 +493,8 @@ def fit(
 def _fit(
     recipe: Recipe,
     run_dir: Path,
-    resume: bool,
+    payload: dict[str, Any] | None,
+    store_given: str,
     progress: bool,
     stop_after: int | None,
     on_step: Callable[[int, dict[str, float]], None] | None,
@@ -366,14 +505,13 @@ def _fit(
 ) -> FitResult:
     t = recipe.train
     main = rank == 0
+    resume = payload is not None
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if main and not resume and last_path.exists():
         raise TrainingError(
             f"{run_dir}: already holds a run (last.pt); pass --resume to continue it or "
             "choose another --out"
         )
-    if resume and not last_path.exists():
-        raise TrainingError(f"{run_dir}: no last.pt to resume from; start without --resume")
     if t.threads:
         torch.set_num_threads(t.threads)
     size_multiple = _size_multiple(recipe)
@@ -394,10 +532,10 @@ def _fit(
     torch.manual_seed(t.seed * 7919 + 1 + rank)  # dropout etc. differ per rank
 
     step, best_value, best_step, resumed_from = 0, None, None, None
-    if resume:
-        payload = load_checkpoint(last_path)
+    if payload is not None:
         _check_resume(payload, recipe, task, last_path, data)
         task.load_state_dict(payload["state"])
+        _follow_schedule(task)
         loop_state = payload["state"].get("loop", {})
         step = int(payload["step"])
         best_value = loop_state.get("best_value")
@@ -407,14 +545,25 @@ def _fit(
         if rank < len(per_rank):
             _set_rng_state(per_rank[rank], device)
         resumed_from = step
+        payload = None  # the weights are in the task now; free the loaded copy
     if world > 1:
         task.wrap_distributed()
 
     resolved_recipe = resolved(recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(
+            f"--out {run_dir}: cannot create the run directory ({exc.strerror}); "
+            "choose another --out"
+        ) from None
     metrics = MetricsLog(run_dir, keep_until=step if resume else None) if main else None
     if main:
-        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe, sort_keys=False))
+        header = f"# resolved recipe of run {recipe.name or run_dir.name}"
+        if store_given != str(recipe.data.store):
+            header += f"; data.store was given as {store_given}"
+        text = yaml.safe_dump(resolved_recipe, sort_keys=False)
+        (run_dir / "recipe.yaml").write_text(f"{header}\n{text}")
 
     identity: dict[str, float] = {}
     if main and data.val is not None:
@@ -453,7 +602,12 @@ def _fit(
             "networks": {n: {"arch": s.arch, "kwargs": s.kwargs} for n, s in task.specs.items()},
             "state": state,
             "normalization": {k: v.to_dict() for k, v in data.norm.items()},
-            "data": {"store": str(data.store), "manifest_hash": data.manifest_hash},
+            # store: absolute; store_given: as the user named it (relative to where it ran)
+            "data": {
+                "store": str(recipe.data.store),
+                "store_given": store_given,
+                "manifest_hash": data.manifest_hash,
+            },
         }
 
     last_good: int | None = resumed_from
@@ -526,11 +680,11 @@ def _fit(
                         best_value, best_step = value, cur
                     bar.note(val)
                 if do_ckpt:
-                    payload = payload_at(cur)  # collective in distributed runs
+                    ckpt = payload_at(cur)  # collective in distributed runs
                     if main:
-                        save_checkpoint(last_path, payload)
+                        save_checkpoint(last_path, ckpt)
                         if do_val and best_step == cur:
-                            save_checkpoint(best_path, payload)
+                            save_checkpoint(best_path, ckpt)
                     last_good = cur
                 if flag["stop"]:
                     raise TrainingError(

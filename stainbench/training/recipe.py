@@ -8,6 +8,7 @@ e.g. ``loss.cycel: unknown key (valid keys: cycle, gan_mode, identity, pool_size
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -232,3 +233,53 @@ def resolved(recipe: Recipe) -> dict[str, Any]:
     out = to_dict(recipe)
     out["loss"] = to_dict(recipe.loss_config())
     return out
+
+
+#: Recipe keys a resumed run may change: how long it trains (the LR schedule follows the new
+#: ``train.steps``/``train.decay_steps``), how often it logs, validates and saves, and where
+#: and how fast it runs. Every other key changes what a step computes, or the meaning of the
+#: step counter (``train.batch_size``), so a resume refuses it. ``data.store`` may name
+#: another path to the same data (the loop checks the store's manifest hash); ``name`` is
+#: the run's, kept from the checkpoint.
+RESUMABLE_KEYS: tuple[str, ...] = (
+    "name",
+    "data.store",
+    "data.workers",
+    "train.steps",
+    "train.decay_steps",
+    "train.val_every",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.threads",
+    "train.device",
+)
+
+_UNSET = "<unset>"
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``{"dotted.key": value}`` (tuples become lists)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = to_dict(value)
+    return out
+
+
+def recipe_changes(saved: Mapping[str, Any], recipe: Recipe) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (saved value, new value)}`` for every value of ``recipe`` that differs
+    from ``saved`` (a checkpoint's resolved recipe). Keys the saved recipe predates count as
+    their defaults; keys of a removed schema show as ``<unset>`` on the new side."""
+    try:
+        old = flatten(resolved(_validate(from_dict(Recipe, dict(saved)))))
+    except ConfigError:  # a recipe of another stainbench: compare the raw values
+        old = flatten(saved)
+    new = flatten(resolved(recipe))
+    return {
+        key: (old.get(key, _UNSET), new.get(key, _UNSET))
+        for key in list(dict.fromkeys([*old, *new]))
+        if old.get(key, _UNSET) != new.get(key, _UNSET)
+    }
