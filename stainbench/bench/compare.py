@@ -16,9 +16,11 @@
    and concurrency;
 6. writes the report (:func:`stainbench.bench.report.write_report`).
 
-Any error or Ctrl-C after the start still writes what was measured, marked incomplete,
-then re-raises: a :class:`~stainbench.errors.StainbenchError` with one line that names the
-output folder, or ``KeyboardInterrupt``.
+An error or Ctrl-C after a served model was measured still writes what was measured,
+marked incomplete, then re-raises: a :class:`~stainbench.errors.StainbenchError` with one
+line that names the output folder, or :class:`CompareInterrupted` (a ``KeyboardInterrupt``).
+An error before that (server down, unknown model or baseline, bad val set) writes nothing
+and leaves a previous report in the output folder untouched.
 """
 
 from __future__ import annotations
@@ -316,11 +318,24 @@ def measure_latency(
     return rows, samples, warnings
 
 
+class CompareInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_compare`. ``report``: the folder holding the partial report
+    (marked incomplete), or ``None`` when nothing had been measured and nothing written."""
+
+    def __init__(self, report: Path | None) -> None:
+        super().__init__()
+        self.report = report
+
+
 def run_compare(options: CompareOptions, progress: Progress | None = None) -> CompareResult:
     """Run a whole comparison and write its report into ``options.out``.
 
-    Returns the complete :class:`CompareResult`. On a user-fixable error or Ctrl-C the
-    partial result is written (marked incomplete) before the exception propagates.
+    Returns the complete :class:`CompareResult`. On a user-fixable error or Ctrl-C after a
+    served model was measured, the partial result is written (marked incomplete) before the
+    exception propagates (Ctrl-C as :class:`CompareInterrupted`). An error before anything
+    was measured (server down, unknown model or baseline, bad val set) writes nothing: a
+    previous report in ``options.out`` stays as it was. Writing a report replaces every file
+    of the previous one (:func:`~stainbench.bench.report.write_report`).
     """
     options.validate()
     result = CompareResult(settings=options.to_dict(), valset={"source": str(options.val_set)})
@@ -413,14 +428,24 @@ def run_compare(options: CompareOptions, progress: Progress | None = None) -> Co
                         result.warnings += warns
     except KeyboardInterrupt:
         result.mark_incomplete(f"interrupted (Ctrl-C) while {phase}")
-        _finish(result, acc, options)
-        raise
+        written = _measured(result, acc)
+        if written:
+            _finish(result, acc, options)
+        raise CompareInterrupted(options.out if written else None) from None
     except StainbenchError as exc:
+        if not _measured(result, acc):  # nothing to report: leave the previous report alone
+            raise
         result.mark_incomplete(f"{phase}: {exc}")
         _finish(result, acc, options)
         raise type(exc)(f"{exc} (partial results in {options.out})") from None
     _finish(result, acc, options)
     return result
+
+
+def _measured(result: CompareResult, acc: QualityAccumulator | None) -> bool:
+    """Whether any served model has been measured (quality, parity or latency)."""
+    served_quality = acc is not None and any(m != IDENTITY for m in acc.models)
+    return bool(served_quality or result.parity or result.latency)
 
 
 def _quality(

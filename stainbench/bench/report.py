@@ -14,7 +14,8 @@ incomplete (an error or Ctrl-C part-way); :func:`write_report` writes whatever i
 ``OUT/report.md``
     the tables in Markdown, the settings, and the plots.
 ``OUT/quality_vs_latency.png``, ``latency_cdf.png``, ``throughput.png``, ``examples.png``
-    plots (matplotlib, Agg); a plot without data (e.g. no latency measured) is not written.
+    plots (matplotlib, Agg); a plot without data (e.g. no latency measured) is not written,
+    and one left by an earlier report in the same folder is removed.
 """
 
 from __future__ import annotations
@@ -108,6 +109,14 @@ class CompareResult:
         if self.complete:
             self.complete = False
             self.incomplete_reason = reason
+
+    def parity_mismatches(self) -> list[str]:
+        """One line per model whose served output differs from in-process ONNX Runtime."""
+        return [
+            f"{model}: {p.get('detail', '')}"
+            for model, p in self.parity.items()
+            if p.get("ok") is False
+        ]
 
     def latency_at(self, model: str, concurrency: int) -> dict[str, Any] | None:
         for row in self.latency:
@@ -694,19 +703,29 @@ class ReportFiles:
     plots: list[Path]
 
 
+#: The plots a report may hold, in report order, and the functions drawing them.
+PLOTS: dict[str, Any] = {
+    "quality_vs_latency.png": plot_quality_vs_latency,
+    "latency_cdf.png": plot_latency_cdf,
+    "throughput.png": plot_throughput,
+    "examples.png": plot_examples,
+}
+#: Every file a report may consist of (``write_report`` replaces all of them together).
+REPORT_FILES: tuple[str, ...] = ("results.json", "per_tile.csv", "report.md", *PLOTS)
+
+
 def write_report(result: CompareResult, out: str | Path) -> ReportFiles:
-    """Write every output of ``result`` into ``out`` (created); returns the paths."""
+    """Write every output of ``result`` into ``out`` (created); returns the paths.
+
+    The folder then holds this report only: files of an earlier report that this one does
+    not have (e.g. a plot without data this time) are removed. Other files are left alone.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if result.finished is None:
         result.finished = datetime.now(timezone.utc).isoformat()
     plots: list[Path] = []
-    for name, fn in (
-        ("quality_vs_latency.png", plot_quality_vs_latency),
-        ("latency_cdf.png", plot_latency_cdf),
-        ("throughput.png", plot_throughput),
-        ("examples.png", plot_examples),
-    ):
+    for name, fn in PLOTS.items():
         try:
             if fn(result, out / name):
                 plots.append(out / name)
@@ -716,4 +735,8 @@ def write_report(result: CompareResult, out: str | Path) -> ReportFiles:
     write_per_tile_csv(result, files.per_tile_csv)
     write_markdown(result, files.report_md, [p.name for p in plots])
     write_json(result, files.results_json)
+    written = {p.name for p in (files.results_json, files.per_tile_csv, files.report_md, *plots)}
+    for name in REPORT_FILES:
+        if name not in written:
+            (out / name).unlink(missing_ok=True)
     return files

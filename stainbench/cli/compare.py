@@ -9,6 +9,9 @@ import typer
 
 from stainbench.log import err_console, out_console
 
+#: Exit code when the report was written but a served model failed the parity check.
+EXIT_PARITY_MISMATCH = 3
+
 HELP = (
     "Compare served models on a validation set: quality (SSIM, PSNR, MAE, colour-histogram "
     "KL, stain-channel Pearson and Dice, with bootstrap 95% intervals and the relative "
@@ -17,8 +20,13 @@ HELP = (
     "--val-set is a store from 'stainbench data' (its val split) or a folder with A/ (inputs) and "
     "B/ (targets) tiles matched by file name. Without --url the embedded Triton server is "
     "started on --repo and stopped afterwards. Writes OUT/results.json, OUT/per_tile.csv, "
-    "OUT/report.md and PNG plots; on an error or Ctrl-C what was measured is still written, "
-    "marked incomplete. Formulas and how to read the report: docs/COMPARE.md."
+    "OUT/report.md and PNG plots, replacing every file of an earlier report there. On an "
+    "error or Ctrl-C after a model was measured, what was measured is written, marked "
+    "incomplete; an error before that (e.g. server down) writes nothing and leaves OUT as it "
+    "was. Exit code: 0 done, 1 error, 2 usage, "
+    f"{EXIT_PARITY_MISMATCH} report written but a model's served output differs from "
+    "in-process ONNX Runtime (parity MISMATCH), 130 Ctrl-C. "
+    "Formulas and how to read the report: docs/COMPARE.md."
 )
 
 
@@ -100,7 +108,12 @@ def compare(
     n_boot: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     parity_tiles: Annotated[
-        int, typer.Option(min=0, help="Tiles for the served-vs-local parity check (0 skips).")
+        int,
+        typer.Option(
+            min=0,
+            help="Tiles for the served-vs-local parity check (0 skips it); a mismatch "
+            f"exits {EXIT_PARITY_MISMATCH}.",
+        ),
     ] = 4,
     window: Annotated[
         float | None,
@@ -152,14 +165,30 @@ def compare(
     progress, finish = _progress()
     try:
         result = run_compare(options, progress=progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         finish()
-        err_console.print(f"[red]error:[/] interrupted; partial results in {out}")
+        report = getattr(exc, "report", None)
+        where = (
+            f"partial results in {report}"
+            if report is not None
+            else f"nothing was measured, {out} is as it was"
+        )
+        err_console.print(f"[red]error:[/] interrupted; {where}", highlight=False)
         raise typer.Exit(130) from None
     finally:
         finish()
     render_table(result, out_console)
     out_console.print(f"report: {out / 'report.md'} · {out / 'results.json'}", highlight=False)
+    mismatches = result.parity_mismatches()
+    for line in mismatches:
+        out_console.print(
+            f"[bold red]parity MISMATCH:[/] served output differs from in-process ONNX "
+            f"Runtime: {line}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if mismatches:
+        raise typer.Exit(EXIT_PARITY_MISMATCH)
 
 
 def _command_line(ctx: typer.Context) -> str:

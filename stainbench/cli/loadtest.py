@@ -22,7 +22,9 @@ HELP = (
     "server and each model are checked (one real request per model) before any load is "
     "sent. Locust runs headless in its own process(es) and writes DIR/locust_stats.csv, "
     "locust_stats_history.csv, locust_failures.csv, locust_exceptions.csv, report.html, "
-    "locust.log and summary.json. Exit code: 0 passed, 1 error, 2 usage, "
+    "locust.log and summary.json; a run refused by a check leaves the previous run's files "
+    "in DIR untouched, and a run that starts replaces all of them. "
+    "Exit code: 0 passed, 1 error, 2 usage, "
     f"{EXIT_SLO_MISSED} an objective was missed."
 )
 
@@ -218,11 +220,15 @@ def loadtest(
                 progress.update(task, completed=done, total=total)
 
             result = run_loadtest(spec, on_progress=on_progress, on_stage=on_stage)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # run_loadtest has stopped Locust (SIGTERM: it still writes its statistics) and the
-        # embedded server; say where the partial results are.
-        partial = spec.out / "locust_stats.csv"
-        where = f"; partial statistics in {partial}" if partial.is_file() else ""
+        # embedded server; say where this run's partial results are, if Locust had started.
+        partial = getattr(exc, "partial_stats", None)
+        where = (
+            f"; partial statistics in {partial}"
+            if partial is not None
+            else f"; nothing was run, {spec.out} is as it was"
+        )
         err_console.print(f"[red]error:[/] interrupted{where}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     render(result)

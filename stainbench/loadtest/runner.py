@@ -5,7 +5,9 @@ Order of work: check every option, resolve the tiles (reading a zarr store here,
 server answers and serves every model of the mix with tiles of this size (one real request
 each), then run Locust headless in separate processes (one, or a master and ``workers``
 worker processes on 127.0.0.1), and parse its CSV files. Nothing is sent to the server before
-all checks pass; every failure is one line (:class:`~stainbench.errors.StainbenchError`).
+all checks pass; every failure is one line (:class:`~stainbench.errors.StainbenchError`),
+and a run refused by a check leaves the previous run's files in ``--out`` untouched: they are
+removed, all together, only right before Locust starts.
 
 Locust is never imported in this process: its gevent monkey patching breaks zarr.
 """
@@ -19,9 +21,11 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -406,6 +410,51 @@ def locust_warnings(out: Path) -> list[str]:
     return found
 
 
+#: What one run leaves in ``--out`` (besides ``tiles.npy``): removed together, right before
+#: Locust starts, so the folder never mixes two runs.
+RUN_FILES: tuple[str, ...] = (
+    "locust_*.csv",
+    "locust.log",
+    "locust_worker*.log",
+    "report.html",
+    "summary.json",
+    "latencies/latencies_*.csv",
+)
+
+
+class LoadTestInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_loadtest`. ``partial_stats``: this run's Locust statistics
+    (written when Locust was stopped), or ``None`` when Locust had not started yet (the
+    previous run's files in ``--out`` are then untouched)."""
+
+    def __init__(self, partial_stats: Path | None) -> None:
+        super().__init__()
+        self.partial_stats = partial_stats
+
+
+def remove_previous_run(out: Path, keep: Path | None = None) -> list[Path]:
+    """Delete every file an earlier run left in ``out`` (:data:`RUN_FILES` and ``tiles.npy``,
+    except ``keep``); an emptied ``latencies/`` folder goes too. Returns what was removed."""
+    stale = [p for pattern in RUN_FILES for p in sorted(out.glob(pattern)) if p.is_file()]
+    tiles = out / "tiles.npy"
+    if tiles.is_file() and (keep is None or tiles.resolve() != keep.resolve()):
+        stale.append(tiles)
+    for path in stale:
+        path.unlink()
+    with contextlib.suppress(OSError):  # only when empty: never a user's own files
+        (out / "latencies").rmdir()
+    return stale
+
+
+def _install_tiles(tiles: TileSet, staging: Path, out: Path) -> TileSet:
+    """Move tiles read from a store (staged in ``staging``) to ``out/tiles.npy``."""
+    if tiles.path.parent != staging.resolve():
+        return tiles  # a .npy given with --tiles, used in place
+    final = (out / "tiles.npy").resolve()
+    os.replace(tiles.path, final)
+    return dataclasses.replace(tiles, path=final)
+
+
 def run_loadtest(
     spec: LoadTestSpec,
     on_progress: Callable[[float, float], None] | None = None,
@@ -416,7 +465,13 @@ def run_loadtest(
     ``on_progress(elapsed_s, total_s)`` is called a few times a second while Locust runs;
     ``on_stage(text)`` before each step. Writes into ``spec.out``: ``locust_stats.csv``,
     ``locust_stats_history.csv``, ``locust_failures.csv``, ``locust_exceptions.csv``,
-    ``report.html``, ``locust.log`` and ``summary.json``.
+    ``report.html``, ``locust.log``, ``latencies/``, ``tiles.npy`` (tiles read from a store)
+    and ``summary.json``.
+
+    The previous run's files in ``spec.out`` are kept until every check has passed (options,
+    tiles, server, models); they are then all removed together (:func:`remove_previous_run`)
+    right before Locust starts. A run refused before that leaves ``spec.out`` as it was.
+    Ctrl-C raises :class:`LoadTestInterrupted`.
     """
     stage = on_stage or (lambda _text: None)
     run_time_s = validate_spec(spec)
@@ -424,54 +479,70 @@ def run_loadtest(
     out = Path(spec.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    stage("reading tiles")
-    tiles = prepare_tiles(
-        spec.tiles, out, split=spec.split, domain=spec.domain, max_tiles=spec.max_tiles
-    )
-    for stale in [*out.glob("locust_*.csv"), *out.glob("latencies/latencies_*.csv")]:
-        stale.unlink()
-    t0 = time.monotonic()
-    stage("starting the Triton server" if not spec.url else "checking the server")
-    with _server(spec) as (url, embedded):
-        stage("checking models")
-        from stainbench.serving.client import parse_url
-
-        address, protocol = parse_url(url, spec.protocol)
-        mix = check_server(url, protocol, spec.models, tiles, spec.batch_size)
-        host = f"http://{address}" if protocol == "http" else address
-        commands = locust_commands(spec, host, mix, tiles, run_time_s, out)
-        stage(f"running Locust ({spec.users} users, {run_time_s} s)")
-        code = run_locust(commands, out, run_time_s, on_progress)
-    if code not in (0, 1):
-        raise BenchmarkError(
-            f"Locust exited with code {code} (log: {out / 'locust.log'}: "
-            f"{_log_tail(out / 'locust.log')})"
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    locust_started = False
+    try:
+        stage("reading tiles")
+        tiles = prepare_tiles(
+            spec.tiles, staging, split=spec.split, domain=spec.domain, max_tiles=spec.max_tiles
         )
-    summary = read_summary(out / "locust", raw_dir=out / "latencies")
-    violations = slo_violations(summary, spec.max_p95_ms, spec.max_failure_rate)
-    files = {p.name: p for p in sorted(out.iterdir()) if p.name.startswith("locust")}
-    if (out / "report.html").is_file():
-        files["report.html"] = out / "report.html"
-    if (out / "latencies").is_dir():
-        files["latencies/"] = out / "latencies"
-    result = LoadTestResult(
-        host=host,
-        protocol=protocol,
-        mix=mix,
-        tiles=tiles,
-        users=spec.users,
-        run_time_s=run_time_s,
-        workers=spec.workers,
-        summary=summary,
-        violations=violations,
-        files=files,
-        locust_exit_code=code,
-        wall_s=time.monotonic() - t0,
-        embedded_server=embedded,
-        command=commands[0],
-        warnings=locust_warnings(out),
-    )
-    (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    result.files["summary.json"] = out / "summary.json"
-    return result
+        t0 = time.monotonic()
+        stage("starting the Triton server" if not spec.url else "checking the server")
+        with _server(spec) as (url, embedded):
+            stage("checking models")
+            from stainbench.serving.client import parse_url
+
+            address, protocol = parse_url(url, spec.protocol)
+            mix = check_server(url, protocol, spec.models, tiles, spec.batch_size)
+            host = f"http://{address}" if protocol == "http" else address
+            # Every check passed: from here on the folder holds this run only.
+            remove_previous_run(out, keep=tiles.path)
+            tiles = _install_tiles(tiles, staging, out)
+            commands = locust_commands(spec, host, mix, tiles, run_time_s, out)
+            stage(f"running Locust ({spec.users} users, {run_time_s} s)")
+            locust_started = True
+            code = run_locust(commands, out, run_time_s, on_progress)
+        if code not in (0, 1):
+            raise BenchmarkError(
+                f"Locust exited with code {code} (log: {out / 'locust.log'}: "
+                f"{_log_tail(out / 'locust.log')})"
+            )
+        summary = read_summary(out / "locust", raw_dir=out / "latencies")
+        violations = slo_violations(summary, spec.max_p95_ms, spec.max_failure_rate)
+        files = {p.name: p for p in sorted(out.iterdir()) if p.name.startswith("locust")}
+        if (out / "report.html").is_file():
+            files["report.html"] = out / "report.html"
+        if (out / "latencies").is_dir():
+            files["latencies/"] = out / "latencies"
+        result = LoadTestResult(
+            host=host,
+            protocol=protocol,
+            mix=mix,
+            tiles=tiles,
+            users=spec.users,
+            run_time_s=run_time_s,
+            workers=spec.workers,
+            summary=summary,
+            violations=violations,
+            files=files,
+            locust_exit_code=code,
+            wall_s=time.monotonic() - t0,
+            embedded_server=embedded,
+            command=commands[0],
+            warnings=locust_warnings(out),
+        )
+        (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        result.files["summary.json"] = out / "summary.json"
+        return result
+    except KeyboardInterrupt:
+        partial = out / "locust_stats.csv"
+        raise LoadTestInterrupted(
+            partial if locust_started and partial.is_file() else None
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not locust_started:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when still empty
