@@ -133,6 +133,16 @@ def _reflow_help(app: typer.Typer) -> None:
             _reflow_help(group.typer_instance)
 
 
+def _name_arguments(command: Any) -> None:
+    """Show positional arguments as ``RECIPE``, ``STORE``, ... in usage lines (typer would
+    print ``{recipe}``), unless the command names them itself."""
+    for param in getattr(command, "params", []):
+        if param.param_type_name == "argument" and not param.metavar and param.name:
+            param.metavar = param.name.upper()
+    for sub in getattr(command, "commands", {}).values():
+        _name_arguments(sub)
+
+
 def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("STAINBENCH_DEBUG", "") not in ("", "0")
 
@@ -146,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C while the stages are being imported
         err_console.print("[red]error:[/] interrupted")
         return INTERRUPTED
+    command = typer.main.get_command(app)
+    _name_arguments(command)
     try:
-        result = typer.main.get_command(app).main(
-            args=args, prog_name="stainbench", standalone_mode=False
-        )
+        result = command.main(args=args, prog_name="stainbench", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
