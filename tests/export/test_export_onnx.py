@@ -57,7 +57,7 @@ def test_export_family_parity_and_manifest(
     assert p["float_rel"] <= 1e-4 and p["uint8_max"] <= 1 and p["batch_uint8_max"] <= 1
     manifest = json.loads((result.version_dir / "export_manifest.json").read_text())
     assert manifest["source"]["sha256"] and manifest["source"]["family"] == family
-    assert manifest["data"]["store"] == str(demo_store)
+    assert Path(manifest["data"]["store"]).resolve() == Path(demo_store).resolve()
     assert manifest["normalization"] == norm_dicts
     assert manifest["tile"]["size_multiple"] == result.size_multiple
     assert manifest["versions"]["onnxruntime"] and manifest["version"] == 1
