@@ -13,6 +13,7 @@ One client is meant for one thread: give each load-generating thread its own.
 from __future__ import annotations
 
 import contextlib
+import http.client
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeVar
@@ -28,6 +29,10 @@ T = TypeVar("T")
 _INT_KEYS = frozenset(
     {"dims", "max_batch_size", "preferred_batch_size", "max_queue_delay_microseconds"}
 )
+
+
+class WrongProtocolError(ServingError):
+    """Something answers at the URL, but not in the client's protocol (HTTP vs gRPC)."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,31 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+#: Packages whose own failures are transport or protocol errors (no common base class).
+_TRANSPORT_PACKAGES = ("gevent", "geventhttpclient", "grpc")
+#: Built-in exception types those packages raise for a failed connection (e.g.
+#: ``RuntimeError("Cannot resolve HOST:PORT")``); other built-ins there stay bugs.
+_TRANSPORT_BUILTINS = (RuntimeError, EOFError)
+
+
+def _package_of(module: str) -> str:
+    return module.split(".")[0]
+
+
+def _from_transport(exc: BaseException) -> bool:
+    """True for an exception of a transport library, or a plain ``RuntimeError`` (etc.) raised
+    inside one. ``TypeError``, ``AttributeError`` and the like stay bugs wherever raised."""
+    if _package_of(type(exc).__module__) in _TRANSPORT_PACKAGES:
+        return True
+    if not isinstance(exc, _TRANSPORT_BUILTINS):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return _package_of(module) in _TRANSPORT_PACKAGES
+
+
 def _ints(node: Any, key: str = "") -> Any:
     if isinstance(node, dict):
         return {k: _ints(v, k) for k, v in node.items()}
@@ -227,16 +257,25 @@ class TritonClient:
         except InferenceServerException as exc:
             text = _one_line(exc)
             status = str(exc.status() or "")
-            if "UNAVAILABLE" in status and "connect" in text.lower():
+            low = text.lower()
+            if "UNAVAILABLE" in status and "failed to connect" in low and "socket closed" in low:
+                raise self._wrong_protocol(text) from None  # TCP accepted, no gRPC spoken
+            if "UNAVAILABLE" in status and ("connect" in low or "resolving" in low):
                 raise self._unreachable(text) from None
             where = f"model '{model}' at {self.url}" if model else self.url
             raise ServingError(f"{what} failed for {where}: {text}") from None
+        except http.client.HTTPException as exc:  # geventhttpclient's HTTPParseError & co.
+            if type(exc).__name__ == "HTTPConnectionClosed":
+                raise self._unreachable(f"the connection was closed: {_one_line(exc)}") from None
+            # HTTPParseError's args are (message, offset): keep the message
+            text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else _one_line(exc)
+            raise self._wrong_protocol(text) from None
         except (OSError, TimeoutError) as exc:
             raise self._unreachable(_one_line(exc)) from None
-        except Exception as exc:  # gevent/geventhttpclient errors without a common base
-            if type(exc).__module__.startswith(("gevent", "geventhttpclient", "grpc")):
+        except Exception as exc:
+            if _from_transport(exc):
                 raise self._unreachable(_one_line(exc)) from None
-            raise
+            raise  # a bug in this code or a wrong call: keep its traceback
 
     def _unreachable(self, text: str) -> ServingError:
         return ServingError(
@@ -244,11 +283,30 @@ class TritonClient:
             "start one with 'stainbench serve' or check --url"
         )
 
+    def _wrong_protocol(self, text: str) -> WrongProtocolError:
+        """The peer answered, but not in this client's protocol: the other port, likely."""
+        if self.protocol == "http":
+            return WrongProtocolError(
+                f"the server at {self.url} does not speak HTTP ({text}); is it the gRPC port? "
+                f"use grpc://{self.address}, or the HTTP port (default 8000)"
+            )
+        return WrongProtocolError(
+            f"the server at {self.url} closed the gRPC connection ({text}); is it the HTTP "
+            f"port? use http://{self.address}, or the gRPC port (default 8001)"
+        )
+
     # --------------------------------------------------------------------------- queries
     def is_live(self) -> bool:
-        """True when the server answers its liveness endpoint (False when unreachable)."""
+        """True when the server answers its liveness endpoint (False when unreachable).
+
+        Raises :class:`WrongProtocolError` when something answers on the port but not in this
+        client's protocol (an HTTP URL on the gRPC port or the reverse): that is a wrong URL,
+        not a server that is down, and its message says which URL to use.
+        """
         try:
             return bool(self._call("liveness check", lambda: self._client.is_server_live()))
+        except WrongProtocolError:
+            raise
         except ServingError:
             return False
 
