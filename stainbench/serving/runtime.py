@@ -18,6 +18,7 @@ the stub: Triton 2.51 chmods the stub to owner-execute-only after a failed probe
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import shutil
@@ -123,14 +124,79 @@ def has_gpu() -> bool:
     return gpus.is_dir() and any(gpus.iterdir())
 
 
+_HOST_HINT = "use 127.0.0.1 (this machine only), 0.0.0.0 (every interface) or one of its own IPs"
+
+
+class BindError(ServingError):
+    """``host``/``port`` cannot be bound; ``errno`` says why (``None``: the host does not
+    resolve)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+def _bind_address(host: str) -> tuple[socket.AddressFamily, str]:
+    """``(family, address)`` to bind for ``host`` (a name is resolved, IPv4 first).
+
+    Raises :class:`BindError` when ``host`` does not resolve.
+    """
+    if host == "":
+        return socket.AF_INET, "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else exc
+        raise BindError(f"cannot resolve host '{host}' ({reason}); {_HOST_HINT}") from None
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    family, *_, sockaddr = infos[0]
+    return family, str(sockaddr[0])
+
+
+def _bind(host: str, port: int, reuse: bool = False) -> socket.socket:
+    """A socket bound to ``(host, port)``, or :class:`BindError` naming why it cannot be.
+
+    Tells apart a host that does not resolve, an address that is not this machine's, a port
+    that needs privileges and a port in use (the only case whose message says "in use").
+    """
+    family, address = _bind_address(host)
+    s = socket.socket(family, socket.SOCK_STREAM)
+    if reuse:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((address, port))
+    except OSError as exc:
+        s.close()
+        what = f"port {port} on {host}" if port else host
+        if exc.errno == errno.EADDRINUSE:
+            message = f"{what} is already in use (another server?)"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            message = f"cannot bind to {host}: it is not an address of this machine; {_HOST_HINT}"
+        elif exc.errno == errno.EACCES:
+            message = f"{what} needs administrator rights (ports below 1024)"
+        else:
+            message = f"cannot bind to {what}: {exc.strerror or exc}"
+        raise BindError(message, exc.errno) from None
+    return s
+
+
+def check_host(host: str) -> None:
+    """:class:`ServingError` unless the server can bind to ``host`` (a name or an address):
+    it must resolve and be an address of this machine (or a wildcard)."""
+    if not host.strip():
+        raise BindError(f"the host to bind is empty; {_HOST_HINT}")
+    _bind(host, 0).close()
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct TCP ports that are free on ``host`` right now (OS-assigned)."""
-    sockets = []
+    """``count`` distinct TCP ports that are free on ``host`` right now (OS-assigned).
+
+    Raises :class:`ServingError` when ``host`` does not resolve or is not this machine's.
+    """
+    sockets: list[socket.socket] = []
     try:
         for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            sockets.append(s)
+            sockets.append(_bind(host, 0))
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
@@ -138,11 +204,15 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def port_in_use(host: str, port: int) -> bool:
-    """True when ``port`` cannot be bound on ``host`` (someone listens there)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
+    """True when ``port`` cannot be bound on ``host`` because someone listens there.
+
+    Raises :class:`BindError` when the reason is another one (the host does not resolve or
+    is not this machine's, a privileged port, ...).
+    """
+    try:
+        _bind(host, port, reuse=True).close()
+    except BindError as exc:
+        if exc.errno == errno.EADDRINUSE:
             return True
+        raise
     return False

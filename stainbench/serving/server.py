@@ -33,7 +33,9 @@ import psutil
 
 from stainbench.errors import ServingError
 from stainbench.serving.runtime import (
+    BindError,
     TritonInstall,
+    check_host,
     find_triton,
     free_ports,
     has_gpu,
@@ -53,6 +55,13 @@ _LOADED = re.compile(r"successfully loaded '([^']+)'")
 _FAILED_MODEL = re.compile(r"failed to load '([^']+)' version (\d+): (.*?)(?:\\n|\"?$)")
 _FAILED_SERVICE = re.compile(r"failed to start (\w+) service: (.*?)\"?$")
 _SERVER_ERROR = re.compile(r"error: creating server: (.*)$")
+_STUB_CRASH = re.compile(
+    r"terminate called after throwing an instance of '([^']+)'\n\s*what\(\):\s*(.*)"
+)
+_STUB_SHELL = re.compile(r"^bash: -c: line \d+: (.*)$", re.M)
+#: Characters the python backend cannot have in a model's path: it starts each model's stub
+#: through ``bash -c`` with the path unquoted, so these split or alter the command.
+_UNSAFE_PATH_CHARS = frozenset(" \t\n\"'`$\\!;&|<>()*?[]{}#")
 _ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] \"?(.*?)\"?$")
 
 
@@ -87,6 +96,35 @@ def diagnose_log(text: str) -> str:
         return errors[-1].split("\\n")[0]
     tail = [line.strip() for line in lines if line.strip()]
     return tail[-1] if tail else ""
+
+
+def stub_crash(text: str) -> str:
+    """Why a python-backend stub died while the server ran, from its log ("" if none did).
+
+    Recognises an uncaught C++ exception (``std::invalid_argument: stol``: a space in the
+    model's path) and a ``bash -c`` error (the shell that starts the stub). Triton itself
+    waits for such a stub until its own timeout, so a start that sees one fails at once.
+    """
+    m = _STUB_CRASH.search(text)
+    if m:
+        return f"{m.group(1)}: {m.group(2).strip()}"
+    m = _STUB_SHELL.search(text)
+    return f"bash: {m.group(1).strip()}" if m else ""
+
+
+def path_problem(path: Path) -> str:
+    """Why Triton's python backend cannot load models under ``path`` ("" when it can).
+
+    Its stub is started with the model's path spliced unquoted into a ``bash -c`` command and
+    the path is encoded as ASCII: a space makes the stub crash (``std::invalid_argument:
+    stol``, after which the server waits for it), a non-ASCII letter fails the load.
+    """
+    text = str(path)
+    bad = sorted({c for c in text if c in _UNSAFE_PATH_CHARS or not c.isascii()})
+    if not bad:
+        return ""
+    shown = ", ".join("a space" if c == " " else repr(c) for c in bad)
+    return f"{path} contains {shown}"
 
 
 def models_still_loading(text: str) -> list[str]:
@@ -146,7 +184,9 @@ class TritonServer:
         grace: float = 10.0,
         extra_args: Sequence[str] = (),
     ) -> None:
-        self.repo = Path(repo).expanduser().resolve()
+        # absolute and normalised, but symlinks kept: a link from a plain path to a folder
+        # whose real path has spaces is how such a repository can still be served
+        self.repo = Path(os.path.abspath(Path(repo).expanduser()))
         self.host = host
         self._requested_ports = (http_port, grpc_port, metrics_port)
         self.http_port, self.grpc_port, self.metrics_port = self._requested_ports
@@ -237,10 +277,15 @@ class TritonServer:
         self._check_repository()
         install = find_triton()
         auto = [p is None for p in self._requested_ports]
+        check_host(self.host)  # resolves and is this machine's, or one line saying why not
         for port, name in zip(
             self._requested_ports, ("--http-port", "--grpc-port", "--metrics-port"), strict=True
         ):
-            if port is not None and port_in_use(self.host, port):
+            try:
+                taken = port is not None and port_in_use(self.host, port)
+            except BindError as exc:
+                raise ServingError(f"{exc}; choose another with {name}") from None
+            if taken:
                 raise ServingError(
                     f"port {port} on {self.host} is already in use (another server?); "
                     f"choose another with {name}"
@@ -307,6 +352,14 @@ class TritonServer:
             )
         if not self.repo.is_dir():
             raise ServingError(f"model repository {self.repo} is not a folder")
+        problem = path_problem(self.repo)
+        if problem:
+            raise ServingError(
+                f"cannot serve the model repository {problem}: Triton's python backend cannot "
+                "load models from a path with spaces, non-ASCII letters or shell characters; "
+                "move the repository to a plain path (or symlink one to it, e.g. "
+                f"ln -s '{self.repo}' /tmp/model_repository) and pass that to --repo"
+            )
         found = repository_models(self.repo)
         if not found:
             raise ServingError(
@@ -320,7 +373,7 @@ class TritonServer:
                 )
 
     def _assign_ports(self) -> None:
-        picked = iter(free_ports(3, self.host if self.host not in ("", "::") else "127.0.0.1"))
+        picked = iter(free_ports(3, self.host))
         http, grpc, metrics = (p if p is not None else next(picked) for p in self._requested_ports)
         self.http_port, self.grpc_port, self.metrics_port = http, grpc, metrics
 
@@ -375,6 +428,7 @@ class TritonServer:
             if status == 200:
                 self.startup_seconds = time.monotonic() - self._t0
                 return
+            self._fail_fast(self.read_log())
             if time.monotonic() > deadline:
                 loading = models_still_loading(self.read_log())
                 what = f"; still loading: {', '.join(loading)}" if loading else ""
@@ -382,7 +436,25 @@ class TritonServer:
                     f"tritonserver was not ready within {self.timeout:g} s{what} "
                     f"(raise --timeout; server log: {self._log_path})"
                 )
-            time.sleep(0.05)
+            time.sleep(0.1)
+
+    def _fail_fast(self, text: str) -> None:
+        """Raise as soon as the log shows a start that cannot succeed, instead of waiting
+        for the timeout: a model that failed to load (``--exit-on-error`` ends the server
+        once the other models are loaded, however long they take) or a crashed stub (which
+        Triton waits for)."""
+        lines = text[: text.rfind("\n") + 1].splitlines()  # complete lines only
+        if any(_FAILED_MODEL.search(line) for line in lines):
+            raise self._fail("tritonserver cannot start")
+        text = "\n".join(lines)
+        crash = stub_crash(text)
+        if crash:
+            loading = models_still_loading(text)
+            which = f" ({', '.join(loading)} never finished loading)" if loading else ""
+            raise ServingError(
+                f"a python-backend model process of tritonserver crashed while loading "
+                f"({crash}){which} (server log: {self._log_path})"
+            )
 
     def _check_ours(self) -> None:
         """The process we started must be the one listening on our ports; every model READY."""
