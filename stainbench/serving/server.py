@@ -378,6 +378,13 @@ class TritonServer:
         self.http_port, self.grpc_port, self.metrics_port = http, grpc, metrics
 
     def _launch(self, install: TritonInstall) -> None:
+        problem = path_problem(Path(tempfile.gettempdir()))  # the stub is started from there
+        if problem:
+            raise ServingError(
+                f"cannot start tritonserver: the temporary folder {problem}, which Triton's "
+                "python backend cannot start its stub from; set TMPDIR to a plain folder "
+                "(e.g. TMPDIR=/tmp)"
+            )
         self._workdir = Path(tempfile.mkdtemp(prefix="stainbench-triton-"))
         backend_dir = prepare_backend_dir(install, self._workdir / "backends")
         self._log_path = self._user_log or self._workdir / "tritonserver.log"

@@ -6,8 +6,11 @@ address of this machine.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -150,3 +153,20 @@ def test_demo_paths_in_serving_doc_are_made_by_the_makefile() -> None:
     assert cited, "the doc cites no demo path any more: update this test"
     assert cited <= made, f"docs/SERVING.md cites paths make demo does not write: {cited - made}"
     assert f"--repo {repo.group(1)}" in doc
+
+
+def test_temporary_folder_with_a_space_is_refused(invert_repo: Path, tmp_path: Path) -> None:
+    tmp = tmp_path / "t mp"
+    tmp.mkdir()
+    args = [sys.executable, "-m", "stainbench", "serve", "--repo", str(invert_repo)]
+    done = subprocess.run(
+        [*args, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
+        env={**os.environ, "TMPDIR": str(tmp)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    err = " ".join(done.stderr.split())
+    assert done.returncode == 1, err
+    assert f"the temporary folder {tmp} contains a space" in err and "set TMPDIR" in err
+    assert "Traceback" not in err and list(tmp.iterdir()) == []
