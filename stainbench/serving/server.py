@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -358,7 +359,8 @@ class TritonServer:
                 f"cannot serve the model repository {problem}: Triton's python backend cannot "
                 "load models from a path with spaces, non-ASCII letters or shell characters; "
                 "move the repository to a plain path (or symlink one to it, e.g. "
-                f"ln -s '{self.repo}' /tmp/model_repository) and pass that to --repo"
+                f"ln -s {shlex.quote(str(self.repo))} /tmp/model_repository) and pass that "
+                "to --repo"
             )
         found = repository_models(self.repo)
         if not found:
