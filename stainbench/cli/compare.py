@@ -180,8 +180,8 @@ def compare(
     render_table(result, out_console)
     out_console.print(f"report: {out / 'report.md'} · {out / 'results.json'}", highlight=False)
     mismatches = result.parity_mismatches()
-    for line in mismatches:
-        out_console.print(
+    for line in mismatches:  # on stderr: why the exit code is 3
+        err_console.print(
             f"[bold red]parity MISMATCH:[/] served output differs from in-process ONNX "
             f"Runtime: {line}",
             highlight=False,

@@ -154,8 +154,10 @@ def export(
     prof = load_profile(profile)
     served: dict[str, Path] = {}
     for path in paths:  # two runs under one name would become versions of one served model
+        # (two checkpoints of one run, e.g. best.pt and last.pt, are two versions of it)
         model_name, ckpt = planned_model_name(path, name)
-        if model_name in served:
+        ckpt = ckpt.resolve()
+        if model_name in served and served[model_name].parent != ckpt.parent:
             raise ExportError(
                 f"{served[model_name]} and {ckpt} would both be served as model "
                 f"{model_name!r} (<family>_<recipe name>): export them one at a time with "

@@ -134,12 +134,14 @@ def _reflow_help(app: typer.Typer) -> None:
             _reflow_help(group.typer_instance)
 
 
-def _quiet_shutdown() -> None:
+def _quiet_shutdown(process_exits: bool) -> None:
     """After Ctrl-C: keep the interpreter's exit quiet. zarr's I/O runs on an asyncio loop in
     a background thread; the tasks an interrupt leaves pending would each be logged
-    ("Task was destroyed but it is pending!", with tracebacks) as the process exits."""
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
-    sys.unraisablehook = lambda _: None
+    ("Task was destroyed but it is pending!", with tracebacks) as the process exits. Only
+    when the process is about to exit (the command line), not for in-process callers."""
+    if process_exits:
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+        sys.unraisablehook = lambda _: None
 
 
 def _name_arguments(command: Any) -> None:
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         app = build_app()
     except KeyboardInterrupt:  # Ctrl-C while the stages are being imported
         err_console.print("[red]error:[/] interrupted")
-        _quiet_shutdown()
+        _quiet_shutdown(argv is None)
         return INTERRUPTED
     command = typer.main.get_command(app)
     _name_arguments(command)
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.Abort:
         err_console.print("[red]error:[/] interrupted")
-        _quiet_shutdown()
+        _quiet_shutdown(argv is None)
         return INTERRUPTED
     except typer.TyperException as exc:  # usage errors (exit code 2) and other CLI errors
         ctx = getattr(exc, "ctx", None)
@@ -190,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         err_console.print("[red]error:[/] interrupted")
-        _quiet_shutdown()
+        _quiet_shutdown(argv is None)
         return INTERRUPTED
     if result == INTERRUPTED:  # a command that reported its own interruption (compare, ...)
-        _quiet_shutdown()
+        _quiet_shutdown(argv is None)
     return result if isinstance(result, int) else 0
 
 

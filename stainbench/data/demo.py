@@ -40,7 +40,7 @@ import numpy as np
 
 from stainbench import __version__
 from stainbench.data.stats import StatsAccumulator
-from stainbench.data.store import read_attrs, staged_store
+from stainbench.data.store import ATTR, EMPTY_CHUNKS_KEY, read_attrs, staged_store
 from stainbench.data.writer import (
     TILES_PER_SHARD,
     create_tile_array,
@@ -359,6 +359,11 @@ def write_demo_volume(
                 },
             },
         }
+        from stainbench.data.info import absent_chunks
+
+        keys = {d: f"volumes/ihc_stack/{d}" for d in arrays}
+        empty = {keys[d]: absent_chunks(staging, keys[d], a) for d, a in arrays.items()}
+        group.attrs[ATTR] = {**dict(group.attrs[ATTR]), EMPTY_CHUNKS_KEY: empty}  # type: ignore[arg-type]
         finalize_with_stats(group, staging, "volume", manifest, None)
 
 

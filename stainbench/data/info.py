@@ -166,6 +166,19 @@ def _files(folder: Path) -> tuple[set[str], int]:
     return names, total
 
 
+def absent_chunks(root: str | Path, key: str, arr: Any) -> int:
+    """How many of array ``key``'s (outer) chunk files are absent under the store ``root``.
+
+    Right after a writer filled the array, that is its number of all-zero chunks (zarr writes
+    no file for them): what a writer records as the ``empty_chunks`` attribute.
+    """
+    files, _ = _files(Path(root) / key)
+    outer = tuple(int(c) for c in (getattr(arr, "shards", None) or arr.chunks))
+    grid = tuple(math.ceil(int(s) / c) for s, c in zip(arr.shape, outer, strict=True))
+    encode = arr.metadata.chunk_key_encoding.encode_chunk_key
+    return sum(encode(c) not in files for c in np.ndindex(*grid)) if all(grid) else 0
+
+
 def _array_info(
     root: Path, key: str, arr: Any, attrs: Mapping[str, Any] | None, group: Any
 ) -> ArrayInfo:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -302,7 +303,7 @@ def check_target(path: str | Path, force: bool) -> None:
         return
     raise DataError(
         f"{p}: directory is not empty and not a zarr store; refusing to overwrite it "
-        f"(delete it yourself with 'rm -r {p}' or choose another --out)"
+        f"(delete it yourself with 'rm -r {shlex.quote(str(p))}' or choose another --out)"
     )
 
 
@@ -341,15 +342,26 @@ def staged_store(
     it and finalize it inside the ``with`` block, passing ``staging`` wherever a path is
     needed. When the block ends normally the staging folder replaces ``path`` (old store
     renamed to ``.NAME.old-XXXX``, new one renamed in, old one deleted): a reader sees the
-    old store or the new one, never a mix. On any exception, KeyboardInterrupt included,
-    the staging folder is deleted and ``path`` is left exactly as it was. The target is
-    checked first as in :func:`create_store` (``force`` to replace a store).
+    old store, briefly nothing, then the new one, never a mix. On any exception,
+    KeyboardInterrupt included, the staging folder is deleted and ``path`` is left exactly as
+    it was. The target is checked first as in :func:`create_store` (``force`` to replace a
+    store). A symbolic link at ``path`` is followed (the store it points to is replaced). An
+    empty folder at ``path`` (a mount point, the current directory) holds nothing to lose:
+    the store is written into it directly, and emptied again on an exception.
     """
     if kind not in KINDS:
         raise DataError(f"unknown store kind {kind!r} (expected one of {', '.join(KINDS)})")
-    p = Path(path)
+    p = Path(os.path.realpath(path))  # '.', '..' and symbolic links resolved
     check_target(p, force)
-    parent = p.absolute().parent
+    if p.is_dir() and not any(p.iterdir()):
+        group = _init_group(p, kind)
+        try:
+            yield group, p
+        except BaseException:
+            _empty_folder(p)
+            raise
+        return
+    parent = p.parent
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=parent))
     try:
@@ -362,18 +374,39 @@ def staged_store(
         raise
 
 
+def _empty_folder(p: Path) -> None:
+    for child in p.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 def _swap_into_place(staging: Path, p: Path) -> None:
-    """Rename ``staging`` to ``p``; an existing ``p`` is moved aside first, then deleted."""
+    """Rename ``staging`` to ``p``; an existing ``p`` is moved aside first, then deleted.
+
+    A failed rename (``p`` a mount point, a busy folder) is a one-line :class:`DataError`
+    with ``p`` as it was.
+    """
     old: Path | None = None
     if p.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{p.name}.old-", dir=p.absolute().parent))
-        os.rename(p, old / "store")
+        old = Path(tempfile.mkdtemp(prefix=f".{p.name}.old-", dir=p.parent))
+        try:
+            os.rename(p, old / "store")
+        except OSError as exc:
+            shutil.rmtree(old, ignore_errors=True)
+            raise DataError(
+                f"{p}: cannot move the old store aside to replace it ({exc.strerror}; a mount "
+                "point?): empty it yourself, or choose another --out"
+            ) from exc
     try:
         os.rename(staging, p)
-    except BaseException:
+    except BaseException as exc:
         if old is not None:
             os.rename(old / "store", p)
             shutil.rmtree(old, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise DataError(f"{p}: cannot put the new store in place ({exc.strerror})") from exc
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

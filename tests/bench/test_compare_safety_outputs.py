@@ -157,7 +157,7 @@ def test_cli_parity_mismatch_is_reported_and_exits_3(
 ) -> None:
     from stainbench.cli.main import main
 
-    def cli(models: str, out: str) -> tuple[int, str]:
+    def cli(models: str, out: str) -> tuple[int, str, str]:
         code = main(
             [
                 "compare", "--val-set", str(val_dir), "--url", server.grpc_url, "--repo",
@@ -165,15 +165,16 @@ def test_cli_parity_mismatch_is_reported_and_exits_3(
                 "--out", str(tmp_path / out),
             ]
         )  # fmt: skip
-        return code, capsys.readouterr().out
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
 
-    code, stdout = cli("invert", "ok")
-    assert code == 0 and "ok (max 0)" in stdout and "parity MISMATCH" not in stdout
+    code, stdout, stderr = cli("invert", "ok")
+    assert code == 0 and "ok (max 0)" in stdout and "parity MISMATCH" not in stdout + stderr
 
-    code, stdout = cli("invert,stale", "mismatch")
+    code, stdout, stderr = cli("invert,stale", "mismatch")
     assert code == 3
-    lines = [ln for ln in stdout.splitlines() if ln.startswith("parity MISMATCH")]
-    assert len(lines) == 1 and "stale:" in lines[0] and "max |diff| 255" in lines[0], stdout
-    # the line comes after the table, and the report was written in full
-    assert stdout.index("parity MISMATCH") > stdout.index("report:")
+    # the reason for exit code 3 is on stderr; the table (stdout) shows the cell
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("parity MISMATCH")]
+    assert len(lines) == 1 and "stale:" in lines[0] and "max |diff| 255" in lines[0], stderr
+    assert "MISMATCH" in stdout and "report:" in stdout
     assert '"complete": true' in (tmp_path / "mismatch" / "results.json").read_text()

@@ -219,3 +219,48 @@ def test_missing_volume_chunk_is_damage(tmp_path: Path) -> None:
     assert info.problems == [
         "array volumes/v/A: 1 of 4 chunk file(s) missing; their data would read as zeros"
     ]
+
+
+def test_missing_chunk_of_the_demo_volume_is_damage(tmp_path: Path) -> None:
+    from stainbench.data.demo import make_demo_store
+
+    demo = make_demo_store(tmp_path / "demo", tile=32, n_train=4, n_val=4)
+    assert describe_store(demo.volume).problems == []
+    key = "volumes/ihc_stack/B"
+    files = sorted(p for p in (demo.volume / key / "c").rglob("*") if p.is_file())
+    files[len(files) // 2].unlink()
+    problems = describe_store(demo.volume).problems
+    assert len(problems) == 1 and problems[0].startswith(f"array {key}: 1 of ")
+
+
+def test_ingest_into_the_current_directory_and_an_empty_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # '--out .' (an empty working folder) and an empty folder (e.g. a mount point, which
+    # cannot be renamed): the store is written into the folder itself
+    _folder(tmp_path / "src")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["data", "ingest", str(tmp_path / "src"), "--out", ".", "--tile", "16"]) == 0
+    assert open_store(work).kind == "paired"
+    assert not _siblings(work)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # a failure into an empty folder leaves it empty (and in place)
+    empty = tmp_path / "mnt"
+    empty.mkdir()
+    with pytest.raises(DataError):
+        ingest(tmp_path / "src", empty, IngestOptions(tile=1000))
+    assert empty.is_dir() and not any(empty.iterdir())
+
+
+def test_force_through_a_symlink_replaces_the_store_it_points_to(
+    tmp_path: Path, good: Path
+) -> None:
+    link = tmp_path / "link.zarr"
+    link.symlink_to(good)
+    _folder(tmp_path / "src2", seed=5)
+    ingest(tmp_path / "src2", link, IngestOptions(tile=TILE, force=True))
+    assert link.is_symlink() and link.resolve() == good.resolve()
+    assert open_store(link).manifest_hash == open_store(good).manifest_hash
+    assert "src2" in str(open_store(good).manifest["source"])

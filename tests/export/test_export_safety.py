@@ -106,3 +106,15 @@ def test_a_parity_gate_without_the_training_store_is_announced(
     code, _, err = run(capsys, ckpt, "--repo", tmp_path / "repo", "-p", small_profile)
     flat = " ".join(err.split())
     assert code == 0 and "random tiles only" in flat and "gone.zarr" in flat
+
+
+def test_two_checkpoints_of_one_run_become_two_versions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], checkpoint_factory, small_profile
+) -> None:
+    best = checkpoint_factory("unet", run_name="exp", path=tmp_path / "runs/exp/best.pt")
+    last = checkpoint_factory("unet", run_name="exp", path=tmp_path / "runs/exp/last.pt", seed=1)
+    repo = tmp_path / "repo"
+    code, _, err = run(capsys, best, last, "--repo", repo, "-p", small_profile)
+    assert code == 0, err
+    assert "newest version only" not in " ".join(err.split())
+    assert sorted(p.name for p in (repo / "unet_exp").iterdir() if p.name.isdigit()) == ["1", "2"]
