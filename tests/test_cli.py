@@ -150,3 +150,27 @@ def test_ctrl_c_of_a_real_command_process_is_reported() -> None:
     assert proc.returncode == 130, err
     assert "error: interrupted" in err and "Traceback" not in err
     assert "Task was destroyed" not in err  # zarr's pending I/O tasks, silenced at exit
+
+
+def test_error_text_in_square_brackets_is_printed_as_written(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typer
+
+    real_build = build_app
+
+    def build_with_boom() -> typer.Typer:
+        app = real_build()
+
+        @app.command("boom")
+        def boom() -> None:
+            raise DataError("my[red]store.zarr: no such store; pip install 'stainbench[tensorrt]'")
+
+        return app
+
+    monkeypatch.setattr("stainbench.cli.main.build_app", build_with_boom)
+    assert main(["boom"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "error: my[red]store.zarr: no such store; pip install 'stainbench[tensorrt]'"
+    )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from stainbench.log import err_console, out_console
 
@@ -173,7 +174,7 @@ def compare(
             if report is not None
             else f"nothing was measured, {out} is as it was"
         )
-        err_console.print(f"[red]error:[/] interrupted; {where}", highlight=False)
+        err_console.print(f"[red]error:[/] interrupted; {escape(where)}", highlight=False)
         raise typer.Exit(130) from None
     finally:
         finish()

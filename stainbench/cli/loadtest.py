@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from stainbench.log import err_console, out_console
 
@@ -229,7 +230,9 @@ def loadtest(
             if partial is not None
             else f"; nothing was run, {spec.out} is as it was"
         )
-        err_console.print(f"[red]error:[/] interrupted{where}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]error:[/] interrupted{escape(where)}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(130) from None
     render(result)
     if not result.passed:

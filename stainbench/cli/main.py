@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from stainbench import __version__
 from stainbench.errors import StainbenchError
@@ -183,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         code = getattr(exc, "exit_code", 2)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None and code == 2 else ""
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        err_console.print(f"[red]error:[/] {message}{hint}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]error:[/] {escape(message)}{escape(hint)}", highlight=False, soft_wrap=True
+        )
         return code
     except StainbenchError as exc:
         if debug:
             err_console.print_exception()
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err_console.print("[red]error:[/] interrupted")

@@ -92,6 +92,12 @@ def open_training_data(recipe: Recipe, store: Path, size_multiple: int) -> Train
     kind = opened.kind
     if "train" not in opened.splits:
         raise DataError(f"{store}: has no 'train' split (has {', '.join(opened.splits)})")
+    missing = [d for d in ("A", "B") if d not in opened.domains("train")]
+    if missing:  # every family learns A -> B from examples of both
+        raise DataError(
+            f"{store}: its train split has no domain {' or '.join(missing)}; training needs "
+            "source (A) and target (B) images: ingest a folder with A/ and B/"
+        )
     d = recipe.data
     if d.patch_size % size_multiple:
         raise ConfigError(

@@ -185,7 +185,13 @@ def _validate(recipe: Recipe) -> Recipe:
     t = recipe.train
     checks = [
         ("train.steps", t.steps >= 1, "must be >= 1"),
-        ("train.decay_steps", 0 <= t.decay_steps <= t.steps, "must be in [0, train.steps]"),
+        (
+            "train.decay_steps",
+            0 <= t.decay_steps <= t.steps,
+            f"must be in [0, train.steps = {t.steps}]; with fewer steps, set it too "
+            f"(e.g. --set train.decay_steps={t.steps // 2}: the classic schedule decays over "
+            "the second half)",
+        ),
         ("train.batch_size", t.batch_size >= 1, "must be >= 1"),
         ("train.val_every", t.val_every >= 0, "must be >= 0"),
         ("train.log_every", t.log_every >= 1, "must be >= 1"),
