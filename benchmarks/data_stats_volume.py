@@ -56,6 +56,10 @@ SIDE = 2048
 CHUNKS = (8, 256, 256, 1)
 
 
+#: where results go unless --out says otherwise (never the committed docs/benchmarks/)
+RESULTS_DIR = Path(tempfile.gettempdir()) / "stainbench-benchmarks"
+
+
 def write_volume(path: Path, gigabytes: float, seed: int = 0) -> tuple[int, ...]:
     """A uint16 (Z, 2048, 2048, 1) volume of about ``gigabytes`` GB, written slab by slab."""
     z = max(8, int(gigabytes * 1e9 / (SIDE * SIDE * 2)) // 8 * 8)
@@ -157,7 +161,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="4,8", help="volume sizes in GB, comma separated")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/data_stats.json"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR / "data_stats.json",
+        help="JSON result; default under the temp folder (docs/benchmarks/ holds the "
+        "committed runs)",
+    )
     parser.add_argument("--keep", action="store_true")
     parser.add_argument(
         "--variants",
@@ -238,7 +248,9 @@ def main() -> None:
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ for a few server variants (the levers): the dynamic batcher's queue delay, ORT t
 spinning, and instances x threads on the 2 cores; plus the HTTP payload levers (gzip response,
 JSON instead of binary tensors) at concurrency 1.
 
-Run: ``.venv/bin/python benchmarks/serving_overhead.py`` (about 6 minutes; ``--quick`` for a
-smoke run). Writes ``docs/benchmarks/serving.md`` and ``docs/benchmarks/serving.json``.
+Run: ``.venv/bin/python benchmarks/serving_overhead.py`` (about 7 minutes; ``--quick`` for a
+smoke run). Writes ``--out`` (Markdown) and the JSON beside it: by default under the temp
+folder; ``--out docs/benchmarks/serving.md`` updates the committed result.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ VARIANTS: dict[str, tuple[int, int, int, bool]] = {
     "spinning": (500, 1, 0, True),
     "2inst_1thread": (0, 2, 1, False),
 }
+
+
+#: where results go unless --out says otherwise (never the committed docs/benchmarks/)
+RESULTS_DIR = Path(tempfile.gettempdir()) / "stainbench-benchmarks"
 
 
 def uptime() -> str:
@@ -364,11 +369,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=2.0, help="measurement window, s")
     ap.add_argument("--max-windows", type=int, default=6)
     ap.add_argument("--quick", action="store_true", help="smoke run: small model, short windows")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "serving.md")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR / "serving.md",
+        help="Markdown result (the JSON goes beside it); default under the temp folder, so a "
+        "run never overwrites the committed docs/benchmarks/serving.md",
+    )
     ap.add_argument(
         "--from-json", type=Path, help="only re-render the Markdown from a saved JSON result"
     )
     args = ap.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.from_json:
         res = json.loads(args.from_json.read_text())
         for s in res["summary"]:

@@ -16,10 +16,12 @@ PatchGAN), same FLOP count (``FlopCounterMode`` over one training iteration), bu
   read after ``torch.cuda.synchronize()``).
 
     python benchmarks/train_throughput_gpu.py --out OUT.md --json OUT.json
-    python benchmarks/train_throughput_gpu.py --device cpu --sizes 64 --families unet \
-        --precisions fp32 --batches 1 --iters 1      # a smoke run without a GPU
+    python benchmarks/train_throughput_gpu.py --device cpu --sizes 128 --families unet \
+        --precisions fp32 --batches 1 --iters 1 --warmup 1 --matmul-n 1024 \
+        --channels-last off                          # a smoke run without a GPU (~10 s)
 
-Run on the device machine by ``benchmarks/gpu_session.sh``.
+Sizes below 128 are refused (unet_128 halves a tile 7 times). Run on the device machine by
+``benchmarks/gpu_session.sh`` or ``benchmarks/gpu_checks.sh``.
 """
 
 from __future__ import annotations
@@ -196,6 +198,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="Markdown file to write")
     p.add_argument("--json", type=Path, default=None, help="JSON file to write")
     args = p.parse_args()
+    if min(args.sizes) < 128:
+        p.error("--sizes: 128 or more (unet_128 halves a tile 7 times; 256 and up: unet_256)")
     device = torch.device(args.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():

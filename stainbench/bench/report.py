@@ -309,6 +309,9 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[Cell]], list
                     if rel is None or rel.n == 0:
                         row.append(Cell("-"))
                         continue
+                    if not math.isfinite(rel.value):  # the baseline's mean is 0
+                        row.append(Cell("n/a (baseline 0)"))
+                        continue
                     sig = "" if rel.excludes(0.0) else " (ns)"
                     row.append(
                         Cell(f"{rel.value:+.1%} [{rel.low:+.1%}, {rel.high:+.1%}]{sig}", rel.value)
@@ -520,8 +523,12 @@ def write_markdown(result: CompareResult, path: Path, plots: Sequence[str]) -> N
         parts += ["## Served vs local parity", ""]
         for m, p in result.parity.items():
             ok = p.get("ok")
+            detail = str(p.get("detail", ""))
             state = "not checked" if ok is None else "ok" if ok else "**MISMATCH**"
-            parts.append(f"- `{m}`: {state}: {p.get('detail', '')}")
+            if detail.startswith(f"{state}:"):  # the detail may already say it
+                parts.append(f"- `{m}`: {detail}")
+            else:
+                parts.append(f"- `{m}`: {state}: {detail}")
         parts.append("")
     if result.warnings:
         parts += ["## Warnings", ""] + [f"- {w}" for w in result.warnings] + [""]

@@ -155,6 +155,11 @@ def _open_store(p: Path, split: str) -> ValSet:
         store = open_store(p)
     except DataError as exc:
         raise BenchmarkError(str(exc)) from None
+    if store.kind == "volume":
+        raise BenchmarkError(
+            f"{p}: volume stores are not supported as --val-set (served models take 2D RGB "
+            "tiles); give a paired tile store or a folder with A/ and B/ tiles matched by name"
+        )
     if store.kind != "paired":
         raise BenchmarkError(
             f"{p}: a {store.kind} store has no paired targets; quality metrics need a paired "

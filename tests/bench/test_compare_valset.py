@@ -108,6 +108,14 @@ def test_store_val_set(tmp_path: Path) -> None:
         open_val_set(tmp_path / "s.zarr", split="test")
 
 
+def test_a_volume_store_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from stainbench.data.demo import make_demo_store
+
+    demo = make_demo_store(tmp_path / "demo", tile=32, n_train=4, n_val=4)
+    with pytest.raises(BenchmarkError, match="volume stores are not supported as --val-set"):
+        open_val_set(demo.volume)
+
+
 def test_store_bad_inputs(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)

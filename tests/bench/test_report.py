@@ -156,3 +156,25 @@ def test_pareto_front() -> None:
     # (latency, quality): b dominates d; c is slower but better; a fastest
     pts = [(1.0, 0.5), (2.0, 0.7), (5.0, 0.9), (3.0, 0.6)]
     assert pareto_front(pts) == [0, 1, 2]
+
+
+def test_a_difference_to_a_zero_baseline_is_not_a_number_nor_marked_ns(tmp_path: Path) -> None:
+    import dataclasses
+
+    from stainbench.bench.report import DELTA_METRICS
+
+    result = _result()
+    summ = result.quality.summary["gan_b"]
+    nan = float("nan")
+    for m in DELTA_METRICS:  # what the baseline's mean of 0 gives (no stain in its output)
+        summ.vs_baseline[m] = dataclasses.replace(summ.vs_baseline[m], value=nan, low=nan, high=nan)
+    header, rows, _ = table_rows(result)
+    gan = next(r for r in rows if r[0].text == "gan_b")
+    delta_cells = [gan[i].text for i, h in enumerate(header) if h.startswith("Δ")]
+    assert delta_cells and all(t == "n/a (baseline 0)" for t in delta_cells)
+    # compare's detail for a model without model.onnx already starts with "not checked:"
+    result.parity["macenko"]["detail"] = "not checked: no model.onnx in the repository"
+    md = write_report(result, tmp_path).report_md.read_text()
+    assert "nan%" not in md and "n/a (baseline 0)" in md
+    assert "- `macenko`: not checked: no model.onnx in the repository" in md
+    assert "not checked: not checked" not in md
