@@ -9,21 +9,7 @@
 #      channels_last off), to compare with the second session's table.
 # Each step has its own time limit and the next runs even if one fails.
 set -u
-OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
-{
-    date -u
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-    python3 -c "import sys, torch, numpy, zarr; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version()); print('numpy', numpy.__version__, 'zarr', zarr.__version__)"
-    nproc
-} 2>&1 | tee "$OUT/env.txt"
+source benchmarks/gpu_env.sh  # $OUT, the zarr wheels, PYTHONPATH, $OUT/env.txt
 
 timeout "${TESTS_S:-240}" python3 -m pytest -m gpu -p no:cacheprovider -q -rs \
     tests/models/test_models_cuda.py tests/training/test_fit_families.py \

@@ -8,21 +8,7 @@
 #   3. benchmarks/demo_longer_training.py: the demo recipes trained longer (time-boxed).
 # Each step has its own time limit and the next runs even if one fails.
 set -u
-OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
-{
-    date -u
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-    python3 -c "import sys, torch, numpy, zarr; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version()); print('numpy', numpy.__version__, 'zarr', zarr.__version__)"
-    nproc
-} 2>&1 | tee "$OUT/env.txt"
+source benchmarks/gpu_env.sh  # $OUT, the zarr wheels, PYTHONPATH, $OUT/env.txt
 
 timeout "${THROUGHPUT_S:-180}" python3 benchmarks/train_throughput_gpu.py \
     --iters 6 --warmup 2 --out "$OUT/train_gpu.md" --json "$OUT/train_gpu.json" 2>&1 | tee "$OUT/throughput.log"

@@ -82,3 +82,11 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("demo")
     return make_demo_store(out, tile=32, n_train=4, n_val=4).paired
+
+
+@pytest.fixture
+def small_profile(tmp_path: Path) -> Path:
+    """An export profile for tiny tests: python flavour, 32 px warm-up and parity tiles."""
+    p = tmp_path / "small.yaml"
+    p.write_text("flavour: python\ntriton: {warmup_tile: 32}\nparity: {tile: 32, val_tiles: 2}\n")
+    return p

@@ -23,13 +23,6 @@ def one_line_error(err: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def small_profile(tmp_path: Path) -> Path:
-    p = tmp_path / "small.yaml"
-    p.write_text("flavour: python\ntriton: {warmup_tile: 32}\nparity: {tile: 32, val_tiles: 2}\n")
-    return p
-
-
 def test_bad_inputs_are_one_line_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], checkpoint_factory, small_profile, repo_root
 ) -> None:

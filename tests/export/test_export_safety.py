@@ -24,13 +24,6 @@ def error_line(err: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def small_profile(tmp_path: Path) -> Path:
-    p = tmp_path / "small.yaml"
-    p.write_text("flavour: python\ntriton: {warmup_tile: 32}\nparity: {tile: 32, val_tiles: 2}\n")
-    return p
-
-
 def _norm(mode: str, offset: float, scale: float) -> dict[str, dict]:
     a = Normalization(mode, "A", (offset,) * 3, (scale,) * 3).to_dict()
     return {"A": a, "B": dict(a, domain="B")}
