@@ -83,9 +83,10 @@ def find_stores(path: str | Path) -> list[Path]:
     raise DataError(f"{p}: not a stainbench store, and holds none")
 
 
-def describe_store(path: str | Path) -> StoreInfo:
+def describe_store(path: str | Path, sizes: bool = True) -> StoreInfo:
     """Read the attributes and array metadata of the store at ``path`` and check a complete
-    store for damage (``StoreInfo.problems``; see :func:`store_problems`)."""
+    store for damage (``StoreInfo.problems``; see :func:`store_problems`). ``sizes=False``
+    skips measuring the bytes on disk (one ``stat`` per file; ``stored_bytes`` is then 0)."""
     p = Path(path)
     attrs = read_attrs(p)
     if attrs is None:
@@ -95,7 +96,9 @@ def describe_store(path: str | Path) -> StoreInfo:
     group = zarr.open_group(str(p), mode="r")
     complete = attrs.get("complete") is True
     found = sorted(_walk(group, ""), key=lambda kv: kv[0])
-    arrays = [_array_info(p, key, arr, attrs if complete else None, group) for key, arr in found]
+    arrays = [
+        _array_info(p, key, arr, attrs if complete else None, group, sizes) for key, arr in found
+    ]
     problems = _problems(p, attrs, arrays) if complete else []
     manifest = dict(attrs.get("manifest") or {})
     return StoreInfo(
@@ -123,7 +126,7 @@ def store_problems(path: str | Path) -> list[str]:
     Absent files nothing can vouch for (volumes written by older versions) are counted as
     ``chunks_unverified``, not as damage.
     """
-    return describe_store(path).problems
+    return describe_store(path, sizes=False).problems
 
 
 def _problems(root: Path, attrs: Mapping[str, Any], arrays: list[ArrayInfo]) -> list[str]:
@@ -154,14 +157,16 @@ def _walk(group: Any, prefix: str) -> list[tuple[str, Any]]:
     return out
 
 
-def _files(folder: Path) -> tuple[set[str], int]:
-    """Relative paths (``/``-separated) of the files below ``folder``, and their bytes."""
+def _files(folder: Path, sizes: bool = True) -> tuple[set[str], int]:
+    """Relative paths (``/``-separated) of the files below ``folder``, and their bytes (0
+    unless ``sizes``)."""
     names: set[str] = set()
     total = 0
     for root, _dirs, files in os.walk(folder):
         rel = Path(root).relative_to(folder)
         for name in files:
-            total += (Path(root) / name).stat().st_size
+            if sizes:
+                total += (Path(root) / name).stat().st_size
             names.add((rel / name).as_posix())
     return names, total
 
@@ -172,7 +177,7 @@ def absent_chunks(root: str | Path, key: str, arr: Any) -> int:
     Right after a writer filled the array, that is its number of all-zero chunks (zarr writes
     no file for them): what a writer records as the ``empty_chunks`` attribute.
     """
-    files, _ = _files(Path(root) / key)
+    files, _ = _files(Path(root) / key, sizes=False)
     outer = tuple(int(c) for c in (getattr(arr, "shards", None) or arr.chunks))
     grid = tuple(math.ceil(int(s) / c) for s, c in zip(arr.shape, outer, strict=True))
     encode = arr.metadata.chunk_key_encoding.encode_chunk_key
@@ -180,10 +185,10 @@ def absent_chunks(root: str | Path, key: str, arr: Any) -> int:
 
 
 def _array_info(
-    root: Path, key: str, arr: Any, attrs: Mapping[str, Any] | None, group: Any
+    root: Path, key: str, arr: Any, attrs: Mapping[str, Any] | None, group: Any, sizes: bool = True
 ) -> ArrayInfo:
     folder = root / key
-    files, stored = _files(folder)
+    files, stored = _files(folder, sizes)
     shards = getattr(arr, "shards", None)
     outer = tuple(int(c) for c in (shards or arr.chunks))
     shape = tuple(int(s) for s in arr.shape)
