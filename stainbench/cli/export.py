@@ -80,6 +80,26 @@ def _render_check(report: CheckReport) -> None:
     out_console.print(table)
 
 
+def _refuse_shared_names(paths: list[Path]) -> None:
+    """Two runs under one served name would become versions of one model, and only the
+    newest is served: refused. Two checkpoints of one run (best.pt, last.pt) are two
+    versions of it, as intended."""
+    from stainbench.errors import ExportError
+    from stainbench.export.exporter import planned_model_name
+
+    served: dict[str, Path] = {}
+    for path in paths:
+        model_name, ckpt = planned_model_name(path)
+        ckpt = ckpt.resolve()
+        if model_name in served and served[model_name].parent != ckpt.parent:
+            raise ExportError(
+                f"{served[model_name]} and {ckpt} would both be served as model "
+                f"{model_name!r} (<family>_<recipe name>): export them one at a time with "
+                "--name, or give their recipes different names"
+            )
+        served[model_name] = ckpt
+
+
 def export(
     checkpoints: Annotated[
         list[Path] | None,
@@ -148,22 +168,12 @@ def export(
     if version is not None and len(paths) + (2 if baselines else 0) > 1:
         raise typer.BadParameter("--version needs exactly one checkpoint and no --baselines")
 
-    from stainbench.export.exporter import export_checkpoint, planned_model_name
+    from stainbench.export.exporter import export_checkpoint
     from stainbench.export.profile import load_profile
 
     prof = load_profile(profile)
-    served: dict[str, Path] = {}
-    for path in paths:  # two runs under one name would become versions of one served model
-        # (two checkpoints of one run, e.g. best.pt and last.pt, are two versions of it)
-        model_name, ckpt = planned_model_name(path, name)
-        ckpt = ckpt.resolve()
-        if model_name in served and served[model_name].parent != ckpt.parent:
-            raise ExportError(
-                f"{served[model_name]} and {ckpt} would both be served as model "
-                f"{model_name!r} (<family>_<recipe name>): export them one at a time with "
-                "--name, or give their recipes different names"
-            )
-        served[model_name] = ckpt
+    if len(paths) > 1:
+        _refuse_shared_names(paths)
     results: list[ExportResult] = []
     for path in paths:
         with err_console.status(f"exporting {path} ({prof.flavour}) ..."):

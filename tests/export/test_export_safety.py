@@ -61,11 +61,18 @@ def test_a_model_trained_on_16_bit_data_is_refused(
     assert not repo.exists()
 
 
-def test_two_runs_under_one_served_name_are_refused_before_anything_is_written(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], checkpoint_factory, small_profile
-) -> None:
+@pytest.fixture
+def two_runs(tmp_path: Path, checkpoint_factory) -> tuple[Path, Path]:
+    """``runs/exp_a/last.pt`` and ``runs/exp_b/last.pt``: two runs of one recipe ``exp``."""
     a = checkpoint_factory("unet", run_name="exp", path=tmp_path / "runs/exp_a/last.pt")
     b = checkpoint_factory("unet", run_name="exp", path=tmp_path / "runs/exp_b/last.pt", seed=1)
+    return a, b
+
+
+def test_two_runs_under_one_served_name_are_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], two_runs, small_profile
+) -> None:
+    a, b = two_runs
     repo = tmp_path / "repo"
     code, _, err = run(capsys, a.parent, b.parent, "--repo", repo, "-p", small_profile)
     line = error_line(err)
@@ -75,10 +82,9 @@ def test_two_runs_under_one_served_name_are_refused_before_anything_is_written(
 
 
 def test_a_new_version_from_another_run_is_announced(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], checkpoint_factory, small_profile
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], two_runs, small_profile
 ) -> None:
-    a = checkpoint_factory("unet", run_name="exp", path=tmp_path / "runs/exp_a/last.pt")
-    b = checkpoint_factory("unet", run_name="exp", path=tmp_path / "runs/exp_b/last.pt", seed=1)
+    a, b = two_runs
     repo = tmp_path / "repo"
     assert run(capsys, a, "--repo", repo, "-p", small_profile)[0] == 0
     code, _, err = run(capsys, a, "--repo", repo, "-p", small_profile)  # same run: quiet
